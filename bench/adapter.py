@@ -1,0 +1,91 @@
+"""The contract between a fine-tuning method and the loop.
+
+A method turns a backbone into an :class:`Adapter`. The loop only calls the methods below; whatever a strategy does
+differently (extra losses, routing of samples to subspaces, gradient masks, merged evaluation weights) lives in its
+adapter, never in the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Adapter(nn.Module):
+    """A backbone adapted by a method; the default is full fine-tuning with cross-entropy.
+
+    Subclasses freeze or wrap parts of ``self.backbone`` in ``__init__`` and override the hooks they need.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Two-class logits."""
+        return self.backbone(images)
+
+    def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss to minimise and named, detached parts to log.
+
+        Args:
+            images: a batch of normalised images.
+            labels: 0 real, 1 fake.
+            methods: index of each fake's forgery method in the training card's list, -1 for reals.
+        """
+        ce = F.cross_entropy(self(images), labels)
+        return ce, {"ce": ce.detach()}
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The parameters this method trains (those with ``requires_grad``)."""
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for _, p in self.trainable_parameters())
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: decay on matrices and kernels, none on biases, norms and vectors."""
+        decay = [p for _, p in self.trainable_parameters() if p.ndim >= 2]
+        other = [p for _, p in self.trainable_parameters() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def before_optimizer_step(self, step: int) -> None:
+        """Called after the backward pass(es), before clipping and the optimizer step (e.g. to mask gradients)."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after the optimizer step."""
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Evaluation mode (an adapter with factored weights merges them here and unmerges on exit)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars describing the adapted weights (drift, diversity, ...) logged at the end of training."""
+        return {}
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        """What a checkpoint needs: trainable parameters and all persistent buffers (frozen weights are rebuilt)."""
+        trainable = {n for n, _ in self.trainable_parameters()}
+        params = {n for n, _ in self.named_parameters()}
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable or k not in params}
+
+    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+        """Load :meth:`checkpoint_state` output; anything missing must be a frozen parameter."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        frozen = {n for n, p in self.named_parameters() if not p.requires_grad}
+        wrong = [k for k in missing if k not in frozen]
+        if wrong or unexpected:
+            raise KeyError(f"checkpoint does not fit this model: missing {wrong[:5]}, unexpected {unexpected[:5]}")

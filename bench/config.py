@@ -1,0 +1,383 @@
+"""Typed run configuration: one dataclass per section, loaded from YAML and ``--set`` overrides.
+
+Precedence: dataclass defaults < grid base < grid cell / experiment file < ``--set section.key=value``.
+Every unknown key or wrong type is a :class:`ConfigError` naming the key, where it came from and the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the file, the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    """The pretrained backbone.
+
+    Attributes:
+        name: ``lite0`` (offline ImageNet EfficientNet-Lite0) or any timm model name.
+        weights: a local ``.pth``/``.safetensors`` file with the backbone's pretrained weights.
+        pretrained: load pretrained weights at all (``False`` gives a randomly initialised backbone).
+        img_size: input size override; ``None`` takes the model's own data config.
+        drop_rate: classifier dropout override; ``None`` keeps timm's default.
+    """
+
+    name: str = "lite0"
+    weights: str | None = None
+    pretrained: bool = True
+    img_size: int | None = 112
+    drop_rate: float | None = None
+
+
+@dataclass
+class MethodConfig:
+    """The fine-tuning strategy: a registered name plus options checked against that method's own dataclass."""
+
+    name: str = "full-ft"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Data cards (names of ``datasets/*.yaml`` or paths) and loading.
+
+    Attributes:
+        train: card whose train split trains and whose validation split selects the checkpoint.
+        test: cards evaluated at the end (a card with a test split; the training card's own is in-domain).
+        root: where data lives and where generated data is written.
+        frames_per_video: evenly spaced frames taken per video (train and test).
+        workers: DataLoader worker processes.
+        balanced: each training batch holds reals and fakes of every forgery method in equal shares.
+    """
+
+    train: str = "offline-ff"
+    test: list[str] = field(
+        default_factory=lambda: ["offline-ff", "offline-spectral", "offline-jpeg", "offline-colour"]
+    )
+    root: str = "data"
+    frames_per_video: int = 8
+    workers: int = 2
+    balanced: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule, stepped once per optimizer step."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    accumulate: int = 1
+
+    def __post_init__(self) -> None:
+        _choice("optim.schedule", self.schedule, ("constant", "cosine"))
+        _positive("optim.lr", self.lr)
+        _positive("optim.accumulate", self.accumulate)
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must hold two numbers, got {self.betas}")
+
+
+@dataclass
+class TrainConfig:
+    """Length and bookkeeping of the training loop.
+
+    Attributes:
+        seed: seeds the head, the sampler, augmentation and dropout.
+        epochs: number of epochs; validation runs after each.
+        steps_per_epoch: optimizer steps per epoch; ``None`` is one pass over the training split.
+        batch_size: images per micro-batch.
+        checkpoint_every: optimizer steps between checkpoints (one is also written at every epoch end).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        amp: bf16 autocast on CUDA.
+        log_every: optimizer steps between logged training losses.
+    """
+
+    seed: int = 0
+    epochs: int = 2
+    steps_per_epoch: int | None = None
+    batch_size: int = 32
+    checkpoint_every: int = 100
+    device: str = "auto"
+    amp: bool = True
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.checkpoint_every", self.checkpoint_every)
+        if self.steps_per_epoch is not None:
+            _positive("train.steps_per_epoch", self.steps_per_epoch)
+
+
+@dataclass
+class EvalConfig:
+    """Validation and testing.
+
+    Attributes:
+        batch_size: images per evaluation batch.
+        select_metric: validation metric that picks the kept checkpoint (higher is better).
+        bootstrap: resamples for the 95% confidence intervals (0 switches them off).
+    """
+
+    batch_size: int = 64
+    select_metric: str = "auc"
+    bootstrap: int = 200
+
+    def __post_init__(self) -> None:
+        _choice("eval.select_metric", self.select_metric, ("auc", "ap", "acc", "video_auc"))
+
+
+@dataclass
+class TrackingConfig:
+    """Where results go.
+
+    Attributes:
+        uri: MLflow tracking URI; ``None`` takes ``MLFLOW_TRACKING_URI`` or the embedded ``sqlite:///results/mlflow.db``.
+        experiment: MLflow experiment; ``None`` takes the grid's name.
+        runs_dir: folder of the run folders ``<runs_dir>/<run_id>/``.
+    """
+
+    uri: str | None = None
+    experiment: str | None = None
+    runs_dir: str = "runs"
+
+
+@dataclass
+class LaunchConfig:
+    """How a grid's cells run: in this process, or through Submitit (Submitit's generic names plus ``slurm_*``)."""
+
+    launcher: str = "local"
+    timeout_min: int = 60
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: int = 16
+    nodes: int = 1
+    tasks_per_node: int = 1
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_qos: str | None = None
+    slurm_constraint: str | None = None
+    slurm_array_parallelism: int = 64
+
+    def __post_init__(self) -> None:
+        _choice("launch.launcher", self.launcher, ("local", "debug", "slurm"))
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; the hash of its result-relevant sections is the run id."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_id(self) -> str:
+        """A short hash of what determines the result (not where it is tracked, how it is launched or loaded)."""
+        d = self.to_dict()
+        for section in ("tracking", "launch"):
+            d.pop(section)
+        d["data"].pop("workers")
+        d["train"].pop("log_every")
+        d["train"].pop("checkpoint_every")
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_SECTION_CLASSES: dict[str, type] = {
+    "model": ModelConfig,
+    "method": MethodConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "tracking": TrackingConfig,
+    "launch": LaunchConfig,
+}
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_value(tp: Any, value: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints are accepted where floats are expected)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return check_value(arg, value, key, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: '{key}' expects {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and item is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' expects a list, got {value!r}")
+        return [check_value(item, v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' expects a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: '{key}' expects true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: '{key}' expects {tp.__name__}, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: '{key}' expects {tp.__name__}, got {value!r}")
+    return value
+
+
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+    """Instantiate the dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{prefix}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key '{prefix}.{key}'; valid keys: {', '.join(names)}")
+        kwargs[key] = check_value(hints[key], value, f"{prefix}.{key}", where)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two plain dictionaries; ``override`` wins, mappings merge key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set(assignment: str) -> dict[str, Any]:
+    """Turn ``section.key=value`` (value in YAML syntax, dots nest further) into a nested dictionary."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value, e.g. --set optim.lr=3e-4")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value, e.g. --set optim.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {keys[-1]: value}
+    for key in reversed(keys[:-1]):
+        out = {key: out}
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing file, bad syntax or a non-mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def build_config(data: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a :class:`RunConfig` from a nested dictionary of sections."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {data!r}")
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in _SECTION_CLASSES:
+            raise ConfigError(f"{where}: unknown section '{name}'; valid sections: {', '.join(_SECTION_CLASSES)}")
+        sections[name] = build_dataclass(_SECTION_CLASSES[name], value or {}, name, where)
+    return RunConfig(**sections)
+
+
+def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults < the YAML file at ``path`` < ``--set`` assignments."""
+    data = read_yaml(path) if path is not None else {}
+    for assignment in sets:
+        data = merge(data, parse_set(assignment))
+    return build_config(data, str(path) if path is not None else "--set")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically, so a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

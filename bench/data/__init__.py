@@ -1,0 +1,1 @@
+"""Data: cards, generated and on-disk data sets, frame records and loaders."""

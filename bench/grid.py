@@ -1,0 +1,110 @@
+"""Grids: a base config and axes (methods, seeds, training cards, named variants) expanded into named cells.
+
+A grid file::
+
+    name: smoke                      # MLflow experiment (unless tracking.experiment is set)
+    description: one line
+    base: {model: {...}, data: {...}, train: {...}}    # config sections shared by every cell
+    methods: [full-ft, linear-probe]
+    seeds: [0, 1, 2]
+    train: [offline-ff]              # optional axis over training cards (default: base data.train)
+    variants:                        # optional axis of named overrides (default: none)
+      lr-high: {optim: {lr: 1.0e-3}}
+    per_method:                      # optional overrides for one method's cells only
+      linear-probe: {optim: {lr: 1.0e-2}}
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import ConfigError, RunConfig, build_config, build_dataclass, merge, parse_set, read_yaml
+from bench.registry import resolve_config
+
+GRIDS_DIR = Path(__file__).resolve().parents[1] / "grids"
+
+
+@dataclass
+class GridSpec:
+    """The grid file's own keys (checked like config sections)."""
+
+    name: str
+    description: str = ""
+    base: dict[str, Any] = field(default_factory=dict)
+    methods: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    train: list[str] = field(default_factory=list)
+    variants: dict[str, Any] = field(default_factory=dict)
+    per_method: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid: its name, its row label in tables (the name without the seed) and its config."""
+
+    name: str
+    label: str
+    seed: int
+    config: RunConfig
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id()
+
+
+def grid_path(name_or_path: str) -> Path:
+    """A grid file: an existing path, or a bare name (with or without ``.yaml``) looked up in ``grids/``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    for folder in (Path("grids"), GRIDS_DIR):
+        candidate = folder / f"{stem}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
+    raise ConfigError(f"grid {name_or_path}: no such file, and not a grid in grids/ ({', '.join(known)})")
+
+
+def load_grid(name_or_path: str) -> GridSpec:
+    path = grid_path(name_or_path)
+    data = read_yaml(path)
+    data.setdefault("name", path.stem)
+    return build_dataclass(GridSpec, data, "grid", str(path))
+
+
+def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = "grid") -> list[Cell]:
+    """All cells of the grid: methods x variants x training cards x seeds, with ``--set`` applied last."""
+    unknown = sorted(set(spec.per_method) - set(spec.methods))
+    if unknown:
+        raise ConfigError(f"{where}: per_method names methods not in the grid: {', '.join(unknown)}")
+    override: dict[str, Any] = {}
+    for assignment in sets:
+        override = merge(override, parse_set(assignment))
+    methods = spec.methods or [spec.base.get("method", {}).get("name", "full-ft")]
+    variants: list[tuple[str, dict[str, Any]]] = list(spec.variants.items()) or [("", {})]
+    trains = spec.train or [""]
+    cells = []
+    for method, (variant, changes), train, seed in itertools.product(methods, variants, trains, spec.seeds):
+        data = merge(spec.base, {"method": {"name": method}})
+        data = merge(data, spec.per_method.get(method, {}))
+        data = merge(data, changes or {})
+        if train:
+            data = merge(data, {"data": {"train": train}})
+        data = merge(data, {"train": {"seed": seed}})
+        data = merge(data, override)
+        cfg = resolve_config(build_config(data, where))
+        label = method + (f"[{variant}]" if variant else "") + (f"@{train}" if len(trains) > 1 else "")
+        cells.append(Cell(f"{label} seed={seed}", label, seed, cfg))
+    ids = [c.run_id for c in cells]
+    duplicates = {c.name for c in cells if ids.count(c.run_id) > 1}
+    if duplicates:
+        raise ConfigError(f"{where}: cells with identical configs: {', '.join(sorted(duplicates))}")
+    return cells
+
+
+def experiment_name(spec: GridSpec, cfg: RunConfig) -> str:
+    return cfg.tracking.experiment or spec.name

@@ -1,0 +1,67 @@
+"""Running cells: the run folder, the MLflow run, and the status that survives a crash."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.config import ConfigError, RunConfig, save_config
+from bench.data.cards import load_card
+from bench.grid import Cell
+from bench.tracking import FAILED, FINISHED, KILLED, Run, runs_by_hash, tracking_uri
+from bench.train import train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """How a cell ended."""
+
+    cell: str
+    status: str
+    reason: str = ""
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Fail before anything runs or is recorded: every card must exist and a weights file must be there."""
+    for name in [cfg.data.train, *cfg.data.test]:
+        load_card(name)
+    if cfg.model.weights is not None and not Path(cfg.model.weights).expanduser().is_file():
+        raise ConfigError(f"model.weights: no such file {cfg.model.weights}; give a local .pth or .safetensors file")
+
+
+def run_dir(cell: Cell) -> Path:
+    return Path(cell.config.tracking.runs_dir) / cell.run_id
+
+
+def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
+    """Train and test one cell, tracked in MLflow; an exception marks the run FAILED with its reason."""
+    folder = run_dir(cell)
+    save_config(cell.config, folder / "config.yaml")
+    method = cell.config.method.name
+    tags = {"grid": grid, "cell": cell.name, "label": cell.label, "method": method, "family": method.split("/")[0]}
+    run = Run(cell.config, experiment, cell.name, tags)
+    try:
+        metrics = train(cell.config, folder, log=run.log_metrics)
+    except KeyboardInterrupt:
+        run.finish(KILLED, "interrupted")
+        raise
+    except Exception as err:  # recorded, not swallowed: the caller decides whether to go on
+        reason = f"{type(err).__name__}: {err}"
+        run.finish(FAILED, reason)
+        log.error("cell %s failed: %s", cell.name, reason)
+        return Outcome(cell.name, FAILED, reason)
+    run.log_metrics(metrics)
+    run.log_artifacts(folder)
+    run.finish(FINISHED)
+    return Outcome(cell.name, FINISHED)
+
+
+def finished(cells: list[Cell], experiment: str) -> set[str]:
+    """Run ids of the cells whose config already has a FINISHED run in ``experiment``."""
+    if not cells:
+        return set()
+    runs = runs_by_hash(tracking_uri(cells[0].config), experiment)
+    return {c.run_id for c in cells if c.run_id in runs and runs[c.run_id].info.status == FINISHED}

@@ -1,0 +1,287 @@
+"""The one training and evaluation loop.
+
+``train(cfg, run_dir)`` builds the backbone and the method's adapter, trains with AdamW on the training card,
+validates on its validation split after every epoch (keeping the best-on-validation weights), and finally tests every
+test card with the last and with the validation-selected weights. It never asks which method it runs: whatever
+differs lives in the :class:`~bench.adapter.Adapter`. Test sets are never used for any choice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+from bench import checkpoint
+from bench.adapter import Adapter
+from bench.backbone import create_backbone, data_config
+from bench.config import RunConfig
+from bench.data.cards import load_card
+from bench.data.catalog import split_frames
+from bench.data.frames import Frame
+from bench.data.loader import FrameDataset, StepSampler, eval_loader, group_indices, train_loader
+from bench.metrics import binary_metrics
+from bench.registry import get_method
+
+LogFn = Callable[[dict[str, float], int], None]
+LAST, BEST = "last.pt", "best.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message is the reason recorded with the run."""
+
+
+@dataclass
+class Splits:
+    """The frames a run uses: training, validation and one test split per test card."""
+
+    methods: list[str]
+    train: list[Frame]
+    val: list[Frame]
+    tests: dict[str, list[Frame]]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Learning-rate factor per optimizer step: linear warm-up, then constant or cosine decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def load_splits(cfg: RunConfig) -> Splits:
+    """Resolve the cards of ``cfg.data`` into frame lists (generating offline cards when needed)."""
+    card = load_card(cfg.data.train)
+    if card.validation is None:
+        raise TrainingError(f"card {card.name} names no validation split, so it cannot be trained on")
+    root, n = cfg.data.root, cfg.data.frames_per_video
+    tests = {}
+    for name in cfg.data.test:
+        test_card = load_card(name)
+        tests[test_card.name] = split_frames(test_card, "test", root, n)
+    return Splits(
+        card.methods, split_frames(card, "train", root, n), split_frames(card, card.validation, root, n), tests
+    )
+
+
+def build_model(cfg: RunConfig) -> tuple[Adapter, dict]:
+    """The backbone adapted by the configured method, and the backbone's data config."""
+    method = get_method(cfg.method.name)
+    options = method.resolve(cfg.method.options)
+    backbone = create_backbone(cfg.model, cfg.train.seed)
+    data = data_config(backbone, cfg.model)
+    return method.build(backbone, options), data
+
+
+def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def predict(model: Adapter, loader: torch.utils.data.DataLoader, device: torch.device, amp: bool) -> np.ndarray:
+    """Probability of "fake" for every item of ``loader``, in order."""
+    scores = []
+    with model.evaluating():
+        for batch in loader:
+            with autocast(device, amp):
+                logits = model(batch["image"].to(device, non_blocking=True))
+            scores.append(F.softmax(logits.float(), dim=-1)[:, 1].cpu())
+    return torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
+
+
+def write_scores(path: Path, frames: list[Frame], scores: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["video", "label", "method", "score", "path"])
+        for frame, score in zip(frames, scores, strict=True):
+            writer.writerow([frame.video, frame.label, frame.method, f"{score:.8f}", frame.path])
+
+
+class Evaluator:
+    """Scores frame lists with one model; loaders are made once and kept (persistent workers)."""
+
+    def __init__(self, model: Adapter, cfg: RunConfig, data: dict, device: torch.device) -> None:
+        self.model, self.cfg, self.device = model, cfg, device
+        self.size, self.mean, self.std = data["input_size"][-1], data["mean"], data["std"]
+        self._loaders: dict[str, torch.utils.data.DataLoader] = {}
+
+    def scores(self, name: str, frames: list[Frame]) -> np.ndarray:
+        if name not in self._loaders:
+            dataset = FrameDataset(frames, self.size, self.mean, self.std)
+            workers = min(self.cfg.data.workers, 1) if len(frames) < 512 else self.cfg.data.workers
+            self._loaders[name] = eval_loader(dataset, self.cfg.eval.batch_size, workers, self.device.type == "cuda")
+        return predict(self.model, self._loaders[name], self.device, self.cfg.train.amp)
+
+    def metrics(self, name: str, frames: list[Frame], bootstrap: int = 0) -> tuple[dict[str, float], np.ndarray]:
+        scores = self.scores(name, frames)
+        labels = np.array([f.label for f in frames])
+        videos = [f.video for f in frames]
+        result = binary_metrics(labels, scores, videos, bootstrap=bootstrap, seed=self.cfg.train.seed)
+        return result, scores
+
+
+def _save_state(path: Path, model: Adapter, optimizer, scheduler, step: int, best: dict, history: list) -> None:
+    checkpoint.save_atomic(
+        {
+            "model": model.checkpoint_state(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "step": step,
+            "best": best,
+            "history": history,
+        },
+        path,
+    )
+
+
+def _restore_state(path: Path, model: Adapter, optimizer, scheduler) -> tuple[int, dict, list]:
+    state = checkpoint.load(path)
+    model.load_checkpoint_state(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"], state["best"], state["history"]
+
+
+def _log_prefixed(log: LogFn, prefix: str, values: dict[str, float], step: int) -> None:
+    log({f"{prefix}{k}": float(v) for k, v in values.items() if isinstance(v, int | float)}, step)
+
+
+def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: int | None = None) -> dict[str, float]:
+    """Train and test one configuration; resumes from ``run_dir/last.pt`` when it exists.
+
+    Args:
+        cfg: the resolved run configuration.
+        run_dir: the run folder (checkpoints, scores, metrics).
+        log: receives ``(metrics, step)`` for training curves and validation.
+        stop_after: stop (as a pre-emption would) once this many optimizer steps are done; for tests.
+
+    Returns:
+        Test metrics keyed ``<metric>/<card>`` (validation-selected weights) and ``last/<metric>/<card>``, plus
+        ``val/<metric>`` of the selected checkpoint, parameter counts and the method's diagnostics.
+    """
+    log = log or (lambda metrics, step: None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    splits = load_splits(cfg)
+    model, data = build_model(cfg)
+    model.to(device)
+
+    size, mean, std = data["input_size"][-1], data["mean"], data["std"]
+    train_set = FrameDataset(splits.train, size, mean, std, splits.methods)
+    groups = group_indices(splits.train, splits.methods, cfg.data.balanced)
+    micro, accumulate = cfg.train.batch_size, cfg.optim.accumulate
+    steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(splits.train) / (micro * accumulate))
+    total = cfg.train.epochs * steps_per_epoch
+
+    optimizer = torch.optim.AdamW(
+        model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas)
+    )
+    scheduler = LambdaLR(optimizer, schedule(cfg.optim.schedule, cfg.optim.warmup_steps, total))
+    step, best, history = 0, {"value": -math.inf, "step": 0}, []
+    if (run_dir / LAST).exists():
+        step, best, history = _restore_state(run_dir / LAST, model, optimizer, scheduler)
+        log({"resume_step": float(step)}, step)
+
+    evaluator = Evaluator(model, cfg, data, device)
+    sampler = StepSampler(groups, micro, cfg.train.seed, step * accumulate, total * accumulate)
+    batches = iter(train_loader(train_set, sampler, cfg.data.workers, cfg.train.seed, device.type == "cuda"))
+    trainable = [p for _, p in model.trainable_parameters()]
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=f"{cfg.method.name} seed {cfg.train.seed}", disable=None, leave=False)
+    while step < total:
+        if stop_after is not None and step >= stop_after:
+            bar.close()
+            return {}
+        parts_sum: dict[str, float] = {}
+        for _ in range(accumulate):
+            batch = next(batches)
+            images = batch["image"].to(device, non_blocking=True)
+            labels, methods = batch["label"].to(device), batch["method"].to(device)
+            with autocast(device, cfg.train.amp):
+                loss, parts = model.training_loss(images, labels, methods)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}: lower optim.lr or check the data")
+            (loss / accumulate).backward()
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / accumulate
+        model.before_optimizer_step(step)
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.after_optimizer_step(step)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{parts_sum['loss']:.3f}")
+        if step % cfg.train.log_every == 0 or step == total:
+            _log_prefixed(log, "train/", {**parts_sum, "lr": lr}, step)
+        if step % steps_per_epoch == 0:
+            val, _ = evaluator.metrics("val", splits.val)
+            model.train()
+            value = val[cfg.eval.select_metric]
+            history.append({"step": step, **val})
+            _log_prefixed(log, "val/", val, step)
+            if value > best["value"]:
+                best = {"value": value, "step": step, "metrics": val}
+                checkpoint.save_atomic(model.checkpoint_state(), run_dir / BEST)
+            _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
+        elif step % cfg.train.checkpoint_every == 0:
+            _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
+    bar.close()
+    return _final_tests(cfg, run_dir, model, evaluator, splits, best)
+
+
+def _final_tests(
+    cfg: RunConfig, run_dir: Path, model: Adapter, evaluator: Evaluator, splits: Splits, best: dict
+) -> dict[str, float]:
+    results: dict[str, float] = {"params/trainable": model.num_trainable(), "params/total": _count(model)}
+    for prefix, tag in (("last/", "last"), ("", "selected")):
+        if tag == "selected":
+            model.load_checkpoint_state(checkpoint.load(run_dir / BEST))
+        for name, frames in tqdm(splits.tests.items(), desc=f"test ({tag})", disable=None, leave=False):
+            metrics, scores = evaluator.metrics(name, frames, bootstrap=cfg.eval.bootstrap)
+            write_scores(run_dir / "scores" / tag / f"{name}.csv", frames, scores)
+            results.update({f"{prefix}{k}/{name}": v for k, v in metrics.items()})
+    results.update({f"val/{k}": v for k, v in best["metrics"].items()})
+    results["val/selected_step"] = best["step"]
+    results.update({f"diag/{k}": v for k, v in model.diagnostics().items()})
+    (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    return results
+
+
+def _count(model: Adapter) -> int:
+    return sum(p.numel() for p in model.parameters())

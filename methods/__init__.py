@@ -1,0 +1,9 @@
+"""Fine-tuning strategies, one module each; importing this package registers them all.
+
+A module that needs an optional dependency imports it inside its builder, so a missing package breaks only
+that method.
+"""
+
+from methods import full_ft, linear_probe
+
+__all__ = ["full_ft", "linear_probe"]

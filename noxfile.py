@@ -1,0 +1,39 @@
+"""Sessions: ``bench`` (the main job), ``tests``, ``lint``. Each installs what it needs into its own venv."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the pair that installs on the x86_64 CI machine
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    session.install(*TORCH)
+    session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run a grid end to end and print its table: ``nox -s bench -- --grid ablations.yaml`` (default: smoke)."""
+    _install(session)
+    args = session.posargs or ["--grid", "smoke"]
+    session.run("bench", "grid", *args)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite (``nox -s tests -- -k metrics`` passes arguments to pytest)."""
+    _install(session, "test")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "bench", "methods", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "bench", "methods", "tests", "noxfile.py")

@@ -1,0 +1,100 @@
+"""The command line end to end on the tiny cards: a grid tracked in sqlite MLflow, skipping, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.cli import main
+from bench.config import merge
+from bench.grid import expand, load_grid
+from bench.runner import finished
+from bench.tracking import runs_by_hash
+
+
+def _grid(tmp_path: Path, tiny_cards: tuple[str, str], uri: str, **extra: object) -> Path:
+    base = {
+        "model": {"name": "test_vit", "pretrained": False, "img_size": 32},
+        "data": {"train": tiny_cards[0], "test": list(tiny_cards), "workers": 0, "frames_per_video": 3},
+        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8},
+        "eval": {"bootstrap": 0},
+        "tracking": {"uri": uri, "runs_dir": str(tmp_path / "runs")},
+    }
+    grid = merge({"name": tmp_path.name, "base": base, "methods": ["full-ft", "linear-probe"], "seeds": [0, 1]}, extra)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_grid_runs_tracks_reports_and_skips(tmp_path: Path, tiny_cards, tracking_uri, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _grid(tmp_path, tiny_cards, tracking_uri)
+    assert main(["grid", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "full-ft" in out and "linear-probe" in out and "avg" in out
+    cells = expand(load_grid(str(path)))
+    uri = cells[0].config.tracking.uri
+    runs = runs_by_hash(uri, tmp_path.name)
+    assert set(runs) == {c.run_id for c in cells}
+    run = runs[cells[0].run_id]
+    assert run.info.status == "FINISHED" and run.data.tags["label"] == cells[0].label
+    assert run.data.params["method.name"] == cells[0].config.method.name
+    assert 0 <= run.data.metrics["auc/tiny-other"] <= 1 and run.data.metrics["params/trainable"] > 0
+    assert (tmp_path / "results" / tmp_path.name / "report.md").exists()
+    assert finished(cells, tmp_path.name) == {c.run_id for c in cells}
+    assert main(["grid", str(path), "--no-report"]) == 0
+    assert capsys.readouterr().out.count("finished already, skipped") == len(cells)
+
+
+def test_dry_run_lists_cells(tmp_path: Path, tiny_cards, tracking_uri, capsys) -> None:
+    assert main(["grid", str(_grid(tmp_path, tiny_cards, tracking_uri)), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("todo") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"methods": ["no-such-method"]}, "unknown method 'no-such-method'"),
+        ({"base": {"optim": {"lrr": 1}}}, "unknown key 'optim.lrr'"),
+        ({"base": {"train": {"epochs": "many"}}}, "'train.epochs' expects int"),
+        ({"base": {"model": {"name": "test_vit", "weights": "/nonexistent/w.pth"}}}, "model.weights: no such file"),
+    ],
+)
+def test_bad_input_is_one_line_and_records_nothing(
+    tmp_path: Path, tiny_cards, tracking_uri, capsys, change, expected
+) -> None:
+    path = _grid(tmp_path, tiny_cards, tracking_uri, **change)
+    assert main(["grid", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1 and err.startswith("error:")
+    assert runs_by_hash(tracking_uri, tmp_path.name) == {}
+
+
+def test_malformed_grid_yaml(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("base: {model: [\n")
+    assert main(["grid", str(path)]) == 2
+    assert "malformed YAML" in capsys.readouterr().err
+
+
+def test_failed_cell_is_recorded_failed(tmp_path: Path, tiny_cards, tracking_uri, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _grid(tmp_path, tiny_cards, tracking_uri, methods=["full-ft"], seeds=[0])
+    assert main(["grid", str(path), "--no-report", "--set", "optim.lr=1e30", "--set", "optim.grad_clip=null"]) == 1
+    cells = expand(load_grid(str(path)), ["optim.lr=1e30", "optim.grad_clip=null"])
+    run = runs_by_hash(tracking_uri, tmp_path.name)[cells[0].run_id]
+    assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["failure_reason"]
+    assert finished(cells, tmp_path.name) == set()
+
+
+def test_methods_command_lists_registry(capsys) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "full-ft" in out and "linear-probe" in out
+
+
+def test_grid_name_resolves_in_grids_folder() -> None:
+    assert load_grid("smoke.yaml").name == load_grid("smoke").name == "smoke"

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from bench.config import ConfigError, RunConfig, build_config, load_config, parse_set, save_config
+
+
+def test_defaults_file_and_set_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("optim: {lr: 1.0e-3, weight_decay: 0.0}\ntrain: {seed: 3}\n")
+    cfg = load_config(path, ["optim.lr=5e-4"])
+    assert cfg.optim.lr == 5e-4  # --set beats the file
+    assert cfg.optim.weight_decay == 0.0  # the file beats the default
+    assert cfg.train.seed == 3
+    assert cfg.train.batch_size == RunConfig().train.batch_size  # untouched default
+
+
+def test_unknown_key_names_key_file_and_valid_keys(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("optim: {lrr: 1.0}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "optim.lrr" in message and str(path) in message and "weight_decay" in message
+
+
+def test_unknown_section_and_wrong_type() -> None:
+    with pytest.raises(ConfigError, match="unknown section 'optimiser'"):
+        build_config({"optimiser": {}})
+    with pytest.raises(ConfigError, match="'train.batch_size' expects int"):
+        build_config({"train": {"batch_size": "big"}})
+    with pytest.raises(ConfigError, match="expects true or false"):
+        build_config({"data": {"balanced": "yes"}})
+    with pytest.raises(ConfigError, match="optim.schedule"):
+        build_config({"optim": {"schedule": "step"}})
+
+
+def test_malformed_yaml_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim: {lr: [1, 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "malformed YAML" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_parse_set_nests_and_reads_yaml_values() -> None:
+    assert parse_set("method.options.K=2") == {"method": {"options": {"K": 2}}}
+    assert parse_set("data.test=[a, b]") == {"data": {"test": ["a", "b"]}}
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_set("lr")
+
+
+def test_run_id_ignores_tracking_but_not_results(tmp_path: Path) -> None:
+    a = build_config({"tracking": {"runs_dir": "x"}, "data": {"workers": 0}})
+    b = build_config({"tracking": {"runs_dir": "y"}, "data": {"workers": 4}})
+    c = build_config({"train": {"seed": 1}})
+    assert a.run_id() == b.run_id() != c.run_id()
+
+
+def test_save_config_round_trips(tmp_path: Path) -> None:
+    cfg = build_config({"optim": {"lr": 0.002}, "data": {"test": ["x"]}})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg

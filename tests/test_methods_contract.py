@@ -1,0 +1,92 @@
+"""Contract tests every registered method must pass, parametrised over the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.backbone import create_backbone
+from bench.config import ModelConfig
+from bench.registry import get_method, list_methods
+
+BACKBONES = {
+    "vit": ModelConfig(name="test_vit", pretrained=False, img_size=32),
+    "cnn": ModelConfig(name="test_efficientnet", pretrained=False, img_size=32),
+}
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(8, 3, 32, 32, generator=g)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    methods = torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1])
+    return images, labels, methods
+
+
+def _step(model: torch.nn.Module) -> None:
+    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-2)
+    model.train()
+    loss, parts = model.training_loss(*_batch())
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
+    loss.backward()
+    model.before_optimizer_step(0)
+    optimizer.step()
+    model.after_optimizer_step(0)
+
+
+@pytest.fixture(params=list(BACKBONES))
+def model_cfg(request: pytest.FixtureRequest) -> ModelConfig:
+    return BACKBONES[request.param]
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_outputs_finite_and_two_class(name: str, model_cfg: ModelConfig) -> None:
+    model = get_method(name).apply(create_backbone(model_cfg, seed=0))
+    with model.evaluating():
+        logits = model(_batch()[0])
+    assert logits.shape == (8, 2) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_only_declared_parameters_change(name: str, model_cfg: ModelConfig) -> None:
+    model = get_method(name).apply(create_backbone(model_cfg, seed=0))
+    declared = {n for n, _ in model.trainable_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _step(model)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed, "one optimizer step changed nothing"
+    assert changed <= declared, f"undeclared parameters changed: {sorted(changed - declared)[:5]}"
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_declared_count_equals_counted(name: str, model_cfg: ModelConfig) -> None:
+    model = get_method(name).apply(create_backbone(model_cfg, seed=0))
+    counted = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    grouped = sum(p.numel() for g in model.param_groups(0.1) for p in g["params"])
+    assert model.num_trainable() == counted == grouped > 0
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_identity_at_initialisation(name: str, model_cfg: ModelConfig) -> None:
+    reference = create_backbone(model_cfg, seed=3).eval()
+    model = get_method(name).apply(create_backbone(model_cfg, seed=3))
+    images = _batch(1)[0]
+    with torch.no_grad():
+        expected = reference(images)
+    with model.evaluating():
+        got = model(images)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_checkpoint_round_trip(name: str, model_cfg: ModelConfig) -> None:
+    model = get_method(name).apply(create_backbone(model_cfg, seed=0))
+    _step(model)
+    state = model.checkpoint_state()
+    fresh = get_method(name).apply(create_backbone(model_cfg, seed=0))  # same frozen weights, untrained
+    images = _batch(2)[0]
+    with fresh.evaluating(), model.evaluating():
+        assert not torch.equal(fresh(images), model(images))
+    fresh.load_checkpoint_state(state)
+    with model.evaluating(), fresh.evaluating():
+        torch.testing.assert_close(fresh(images), model(images), rtol=0, atol=0)

@@ -1,0 +1,44 @@
+from dataclasses import dataclass
+
+import pytest
+
+from bench import registry
+from bench.config import ConfigError, build_config
+from bench.registry import get_method, list_methods, register_method, resolve_config
+
+
+def test_builtin_methods_registered() -> None:
+    assert {"full-ft", "linear-probe"} <= set(list_methods())
+    assert list_methods("linear-*") == ["linear-probe"]
+
+
+def test_duplicate_name_is_an_error() -> None:
+    @dataclass
+    class Options:
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("full-ft", Options, "again")(lambda backbone, options: None)
+
+
+def test_unknown_method_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*full-ft"):
+        get_method("nope")
+
+
+def test_unknown_option_names_method() -> None:
+    cfg = build_config({"method": {"name": "full-ft", "options": {"rank": 4}}})
+    with pytest.raises(ConfigError, match=r"unknown key 'method.options.rank'.*full-ft"):
+        resolve_config(cfg)
+
+
+def test_variant_presets_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclass
+    class Options:
+        rank: int = 1
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    register_method("toy", Options, "toy")(lambda backbone, options: options)
+    registry.register_variant("toy/r=4", "toy", "toy with rank 4", rank=4)
+    assert get_method("toy/r=4").resolve().rank == 4
+    assert get_method("toy").resolve({"rank": 2}).rank == 2

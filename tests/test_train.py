@@ -1,0 +1,63 @@
+"""The loop: schedules, exact resume, failure on a non-finite loss, selection on validation only."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.registry import resolve_config
+from bench.train import BEST, LAST, TrainingError, schedule, train
+from tests.conftest import tiny_config
+
+
+def test_schedules_move() -> None:
+    cosine = schedule("cosine", warmup=2, total=10)
+    constant = schedule("constant", warmup=2, total=10)
+    assert cosine(0) == constant(0) == 0.5 and cosine(1) == constant(1) == 1.0
+    assert [constant(s) for s in range(2, 10)] == [1.0] * 8
+    values = [cosine(s) for s in range(2, 11)]
+    assert values == sorted(values, reverse=True) and values[0] == 1.0 and math.isclose(values[-1], 0.0, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["constant", "cosine"])
+def test_learning_rate_follows_schedule_in_the_loop(kind: str, tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+    cfg = resolve_config(
+        tiny_config(tiny_cards, tmp_path, optim={"schedule": kind, "warmup_steps": 2}, train={"log_every": 1})
+    )
+    lrs: dict[int, float] = {}
+    train(cfg, tmp_path / "run", log=lambda metrics, step: lrs.update({step: metrics.get("train/lr", lrs.get(step))}))
+    factor = schedule(kind, 2, 6)
+    expected = [cfg.optim.lr * factor(s - 1) for s in range(1, 7)]  # the rate step s used
+    assert [lrs[s] for s in range(1, 7)] == pytest.approx(expected)
+    assert len(set(lrs.values())) > 1  # the schedule moved
+
+
+def test_resume_ends_with_the_same_metrics(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+    cfg = resolve_config(tiny_config(tiny_cards, tmp_path, model={"drop_rate": 0.3}))
+    uninterrupted = train(cfg, tmp_path / "a")
+    assert train(cfg, tmp_path / "b", stop_after=5) == {}  # pre-empted after step 5; last checkpoint at step 4
+    resumed_from: list[float] = []
+    resumed = train(cfg, tmp_path / "b", log=lambda m, s: resumed_from.extend([m[k] for k in m if k == "resume_step"]))
+    assert resumed_from == [4.0]
+    assert resumed == uninterrupted
+
+
+def test_non_finite_loss_stops_the_run(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+    cfg = resolve_config(tiny_config(tiny_cards, tmp_path, optim={"lr": 1e30, "grad_clip": None}))
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train(cfg, tmp_path / "run")
+
+
+def test_selection_uses_validation_and_keeps_both_checkpoints(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+    cfg = resolve_config(tiny_config(tiny_cards, tmp_path))
+    result = train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / BEST).exists() and (tmp_path / "run" / LAST).exists()
+    assert result["val/selected_step"] in (3, 6)
+    names = [Path(c).stem for c in tiny_cards]
+    for name in names:
+        assert 0.0 <= result[f"auc/{name}"] <= 1.0 and 0.0 <= result[f"last/auc/{name}"] <= 1.0
+        assert (tmp_path / "run" / "scores" / "selected" / f"{name}.csv").read_text().startswith("video,label")
+    if result["val/selected_step"] == 6:  # the last checkpoint is the selected one
+        assert result[f"auc/{names[1]}"] == result[f"last/auc/{names[1]}"]
