@@ -7,8 +7,10 @@ adapter, never in the loop.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,17 +74,23 @@ class Adapter(nn.Module):
         finally:
             self.train(was_training)
 
-    def diagnostics(self) -> dict[str, float]:
-        """Scalars describing the adapted weights (drift, diversity, ...) logged at the end of training."""
+    def diagnostics(self, folder: Path) -> dict[str, float]:
+        """Scalars describing the adapted weights (drift, diversity, ...) logged at the end of training; arrays for
+        the report's figures (spectra, mask history) may be written to ``folder``."""
         return {}
 
-    def checkpoint_state(self) -> dict[str, Tensor]:
+    def checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint needs: trainable parameters and all persistent buffers (frozen weights are rebuilt)."""
         trainable = {n for n, _ in self.trainable_parameters()}
         params = {n for n, _ in self.named_parameters()}
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in trainable or k not in params}
+        state = self.state_dict()  # includes modules' extra state (e.g. a mask history)
+        return {
+            k: copy.deepcopy(v.detach() if isinstance(v, Tensor) else v)
+            for k, v in state.items()
+            if k in trainable or k not in params
+        }
 
-    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Load :meth:`checkpoint_state` output; anything missing must be a frozen parameter."""
         missing, unexpected = self.load_state_dict(state, strict=False)
         frozen = {n for n, p in self.named_parameters() if not p.requires_grad}

@@ -29,17 +29,28 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--grid", dest="grid_opt", metavar="GRID", help="same as the positional GRID")
     grid.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished")
     grid.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    grid.add_argument("--launcher", choices=("local", "debug", "slurm"), help="overrides launch.launcher")
     _add_sets(grid)
+
+    status = sub.add_parser("status", help="each cell's state: finished, failed, running, pending, not started")
+    status.add_argument("grid", metavar="GRID")
+    _add_sets(status)
 
     run = sub.add_parser("run", help="run one configuration")
     run.add_argument("config", nargs="?", help="experiment YAML (sections of the run config)")
     run.add_argument("--experiment", default="default", help="MLflow experiment")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder with its own config.yaml")
     _add_sets(run)
 
     report = sub.add_parser("report", help="write the cross-dataset tables of an experiment")
     report.add_argument("--experiment", required=True)
     report.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the sqlite store")
     report.add_argument("--out", default=None, help="folder (default results/<experiment>)")
+
+    params = sub.add_parser("params", help="trainable and total parameter counts per method (no weights needed)")
+    params.add_argument("--backbone", default="lite0", help="timm model name (or lite0)")
+    params.add_argument("--method", action="append", default=[], help="method (repeatable; default: all)")
+    params.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
 
     methods = sub.add_parser("methods", help="list registered methods")
     methods.add_argument("pattern", nargs="?", default="*")
@@ -56,12 +67,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from bench.grid import expand, experiment_name, load_grid
-    from bench.runner import check_inputs, finished, run_cell
+    from bench.runner import check_inputs, finished
     from bench.tracking import tracking_uri
 
     name = args.grid_opt or args.grid_pos or "smoke"
     spec = load_grid(name)
-    cells = expand(spec, args.sets, where=name)
+    sets = [*args.sets, *([f"launch.launcher={args.launcher}"] if args.launcher else [])]
+    cells = expand(spec, sets, where=name)
     for cell in cells:
         check_inputs(cell.config)
     experiment = experiment_name(spec, cells[0].config)
@@ -70,31 +82,88 @@ def cmd_grid(args: argparse.Namespace) -> int:
         for cell in cells:
             print(f"{'finished' if cell.run_id in done else 'todo':9s} {cell.run_id}  {cell.name}")
         return 0
-    failures = []
-    for i, cell in enumerate(cells, 1):
+    for cell in cells:
         if cell.run_id in done:
-            print(f"[{i}/{len(cells)}] {cell.name}: finished already, skipped")
-            continue
-        print(f"[{i}/{len(cells)}] {cell.name} (run {cell.run_id})", flush=True)
-        outcome = run_cell(cell, experiment, grid=spec.name)
-        if outcome.status != "FINISHED":
-            failures.append(outcome)
-            print(f"  {outcome.status}: {outcome.reason}", file=sys.stderr)
+            print(f"{cell.name}: finished already, skipped")
+    todo = [c for c in cells if c.run_id not in done]
+    launch = cells[0].config.launch
+    if launch.launcher == "slurm":
+        return _submit(todo, experiment, spec.name, cells[0].config, wait=False)
+    failures = _submit(todo, experiment, spec.name, cells[0].config, wait=True) if launch.launcher == "debug" else 0
+    if launch.launcher == "local":
+        failures = _run_here(todo, experiment, spec.name)
     if not args.no_report:
         _print_report(experiment, tracking_uri(cells[0].config), None)
-    for outcome in failures:
-        print(f"error: cell {outcome.cell} {outcome.status}: {outcome.reason}", file=sys.stderr)
     return EXIT_FAILED if failures else 0
+
+
+def _run_here(cells: list, experiment: str, grid: str) -> int:
+    """Run claimed cells one after another in this process; returns the number that did not finish."""
+    from bench.launch import claim_cells, run_claimed
+
+    failures = 0
+    claimed = {c.run_id for c, _ in claim_cells(cells, "local")}
+    for i, cell in enumerate(cells, 1):
+        if cell.run_id not in claimed:
+            print(f"[{i}/{len(cells)}] {cell.name}: held by another launch, skipped")
+            continue
+        print(f"[{i}/{len(cells)}] {cell.name} (run {cell.run_id})", flush=True)
+        outcome = run_claimed(cell, experiment, grid)
+        if outcome.status != "FINISHED":
+            failures += 1
+            print(f"error: cell {cell.name} {outcome.status}: {outcome.reason}", file=sys.stderr)
+    return failures
+
+
+def _submit(cells: list, experiment: str, grid: str, cfg, wait: bool) -> int:
+    """Submit claimed cells as one Submitit job array; print the job ids (and wait for them when ``wait``)."""
+    from bench.launch import submit
+
+    folder = Path(cfg.tracking.runs_dir) / "submitit"
+    submitted = submit(cells, experiment, grid, cfg.launch, folder)
+    held = len(cells) - len(submitted)
+    for item in submitted:
+        print(f"submitted {item.cell.name}: job {item.job.job_id}")
+    print(f"{len(submitted)} cells submitted" + (f", {held} held by another launch" if held else ""))
+    if not wait:
+        return 0
+    failures = 0
+    for item in submitted:
+        outcome = item.job.result()
+        if outcome.status != "FINISHED":
+            failures += 1
+            print(f"error: cell {item.cell.name} {outcome.status}: {outcome.reason}", file=sys.stderr)
+    return failures
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench.grid import expand, experiment_name, load_grid
+    from bench.launch import cell_state
+    from bench.tracking import runs_by_hash, tracking_uri
+
+    spec = load_grid(args.grid)
+    cells = expand(spec, args.sets, where=args.grid)
+    runs = runs_by_hash(tracking_uri(cells[0].config), experiment_name(spec, cells[0].config))
+    width = max(len(c.name) for c in cells)
+    counts: dict[str, int] = {}
+    for cell in cells:
+        state, detail = cell_state(cell, runs.get(cell.run_id))
+        counts[state] = counts.get(state, 0) + 1
+        print(f"{cell.name:<{width}}  {state:<11}  {detail}".rstrip())
+    print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
-    from bench.grid import Cell
-    from bench.registry import resolve_config
+    from bench.grid import Cell, resolve_config
     from bench.runner import check_inputs, run_cell
     from bench.tracking import tracking_uri
 
-    cfg = resolve_config(load_config(args.config, args.sets))
+    if args.resume and args.config:
+        raise ConfigError("give either a config file or --resume RUN_DIR, not both")
+    source = Path(args.resume) / "config.yaml" if args.resume else args.config
+    cfg = resolve_config(load_config(source, args.sets))
     check_inputs(cfg)
     cell = Cell(f"{cfg.method.name} seed={cfg.train.seed}", cfg.method.name, cfg.train.seed, cfg)
     outcome = run_cell(cell, cfg.tracking.experiment or args.experiment)
@@ -130,6 +199,31 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_params(args: argparse.Namespace) -> int:
+    import torch
+
+    from bench.backbone import create_backbone
+    from bench.config import ModelConfig
+    from bench.registry import get_method, list_methods
+
+    cfg = ModelConfig(name=args.backbone, pretrained=False, img_size=args.img_size)
+    rows = []
+    for name in args.method or list_methods():
+        with torch.device("meta"):  # shapes only: no memory, no weights, no compute
+            model = get_method(name).apply(create_backbone(cfg))
+        head = {id(p) for p in model.backbone.get_classifier().parameters()}
+        trainable = [p for _, p in model.trainable_parameters()]
+        backbone = sum(p.numel() for p in trainable if id(p) not in head)
+        total = sum(p.numel() for p in model.parameters())
+        rows.append((name, f"{backbone:,}", f"{sum(p.numel() for p in trainable):,}", f"{total:,}"))
+    header = ("method", "trainable (backbone)", "trainable (with head)", "total")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    print(f"backbone: {args.backbone}")
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from bench.data.cards import load_card
     from bench.data.catalog import split_frames
@@ -145,7 +239,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"grid": cmd_grid, "run": cmd_run, "report": cmd_report, "methods": cmd_methods, "data": cmd_data}
+COMMANDS = {
+    "grid": cmd_grid,
+    "status": cmd_status,
+    "run": cmd_run,
+    "report": cmd_report,
+    "methods": cmd_methods,
+    "params": cmd_params,
+    "data": cmd_data,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

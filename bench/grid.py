@@ -16,13 +16,24 @@ A grid file::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, RunConfig, build_config, build_dataclass, merge, parse_set, read_yaml
-from bench.registry import resolve_config
+from bench.config import (
+    ConfigError,
+    MethodConfig,
+    RunConfig,
+    build_config,
+    build_dataclass,
+    merge,
+    parse_set,
+    read_yaml,
+)
+from bench.data.cards import load_card
+from bench.registry import get_method
 
 GRIDS_DIR = Path(__file__).resolve().parents[1] / "grids"
 
@@ -104,6 +115,13 @@ def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = 
     if duplicates:
         raise ConfigError(f"{where}: cells with identical configs: {', '.join(sorted(duplicates))}")
     return cells
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its method options checked and completed (defaults, and what depends on the training card's
+    forgery methods), so that equal runs hash equal."""
+    options = get_method(cfg.method.name).resolve(cfg.method.options, load_card(cfg.data.train).methods)
+    return dataclasses.replace(cfg, method=MethodConfig(cfg.method.name, dataclasses.asdict(options)))
 
 
 def experiment_name(spec: GridSpec, cfg: RunConfig) -> str:

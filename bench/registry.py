@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.config import ConfigError, MethodConfig, RunConfig, build_dataclass
+from bench.config import ConfigError, build_dataclass
 
 Builder = Callable[[nn.Module, Any], Adapter]
 
@@ -30,13 +30,21 @@ class Method:
     build: Builder
     preset: dict[str, Any] = field(default_factory=dict)
 
-    def resolve(self, overrides: dict[str, Any] | None = None, where: str = "method.options") -> Any:
-        """The options dataclass with the preset, then ``overrides``, applied and checked."""
+    def resolve(self, overrides: dict[str, Any] | None = None, forgery_methods: list[str] | None = None) -> Any:
+        """The options dataclass with the preset, then ``overrides``, applied and checked.
+
+        Options that depend on the training data (an options class with ``bind(forgery_methods)``, e.g. MASM's
+        number of subspaces) are completed from ``forgery_methods`` when given.
+        """
         values = {**self.preset, **(overrides or {})}
         try:
-            return build_dataclass(self.options, values, "method.options", where)
+            options = build_dataclass(self.options, values, "method.options", "config")
+            bind = getattr(options, "bind", None)
+            if bind is not None and forgery_methods is not None:
+                bind(forgery_methods)
         except ConfigError as err:
             raise ConfigError(f"{err} (method '{self.name}')") from None
+        return options
 
     def apply(self, backbone: nn.Module, **overrides: Any) -> Adapter:
         """Adapt ``backbone`` (a timm model with a two-class head); the result is ready to train."""
@@ -87,9 +95,3 @@ def list_methods(pattern: str = "*") -> list[str]:
     """Registered names matching the shell-style ``pattern``, sorted."""
     _load_builtin()
     return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
-
-
-def resolve_config(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with its method options checked and completed with the method's defaults (so equal runs hash equal)."""
-    options = dataclasses.asdict(get_method(cfg.method.name).resolve(cfg.method.options))
-    return dataclasses.replace(cfg, method=MethodConfig(cfg.method.name, options))

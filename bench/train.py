@@ -88,10 +88,10 @@ def load_splits(cfg: RunConfig) -> Splits:
     )
 
 
-def build_model(cfg: RunConfig) -> tuple[Adapter, dict]:
+def build_model(cfg: RunConfig, forgery_methods: list[str]) -> tuple[Adapter, dict]:
     """The backbone adapted by the configured method, and the backbone's data config."""
     method = get_method(cfg.method.name)
-    options = method.resolve(cfg.method.options)
+    options = method.resolve(cfg.method.options, forgery_methods)
     backbone = create_backbone(cfg.model, cfg.train.seed)
     data = data_config(backbone, cfg.model)
     return method.build(backbone, options), data
@@ -195,7 +195,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     splits = load_splits(cfg)
-    model, data = build_model(cfg)
+    model, data = build_model(cfg, splits.methods)
     model.to(device)
 
     size, mean, std = data["input_size"][-1], data["mean"], data["std"]
@@ -278,7 +278,7 @@ def _final_tests(
             results.update({f"{prefix}{k}/{name}": v for k, v in metrics.items()})
     results.update({f"val/{k}": v for k, v in best["metrics"].items()})
     results["val/selected_step"] = best["step"]
-    results.update({f"diag/{k}": v for k, v in model.diagnostics().items()})
+    results.update({f"diag/{k}": v for k, v in model.diagnostics(run_dir / "diagnostics").items()})
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     return results
 

@@ -4,6 +4,6 @@ A module that needs an optional dependency imports it inside its builder, so a m
 that method.
 """
 
-from methods import full_ft, linear_probe
+from methods import effort, full_ft, linear_probe, lora, masm
 
-__all__ = ["full_ft", "linear_probe"]
+__all__ = ["effort", "full_ft", "linear_probe", "lora", "masm"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,9 @@ def tiny_config(tiny_cards: tuple[str, str], tmp_path: Path, **sections: dict) -
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return build_config(data, "tiny")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _svd_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the tests' SVDs (random weights: never reused) out of the user's cache."""
+    os.environ["BENCH_SVD_CACHE"] = str(tmp_path_factory.mktemp("svd-cache"))

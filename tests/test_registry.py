@@ -4,7 +4,8 @@ import pytest
 
 from bench import registry
 from bench.config import ConfigError, build_config
-from bench.registry import get_method, list_methods, register_method, resolve_config
+from bench.grid import resolve_config
+from bench.registry import get_method, list_methods, register_method
 
 
 def test_builtin_methods_registered() -> None:

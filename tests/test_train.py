@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.registry import resolve_config
+from bench.grid import resolve_config
 from bench.train import BEST, LAST, TrainingError, schedule, train
 from tests.conftest import tiny_config
 

@@ -1,0 +1,58 @@
+"""What fine-tuning did to the pretrained weights: semantic drift, spectrum change, diversity of subspaces.
+
+MASM's claim is about semantics: its semantic subspace should drift least at equal or better AUC. These functions
+measure that for any method, from a weight before and after training (matrices; conv kernels are flattened).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.linalg import subspace_angles
+
+
+def as_matrix(weight: torch.Tensor) -> np.ndarray:
+    """A weight as an out x in float64 matrix (conv kernels reshaped to out x in*kh*kw)."""
+    return weight.detach().reshape(weight.shape[0], -1).to(torch.float64).cpu().numpy()
+
+
+def top_k(p: int) -> int:
+    """Default size of the "semantic" subspace compared: the top eighth of the spectrum (at least one)."""
+    return max(1, p // 8)
+
+
+def pairwise_angles(bases: list[np.ndarray]) -> np.ndarray:
+    """Smallest principal angle (degrees) between every pair of subspaces given by column bases."""
+    n = len(bases)
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            out[i, j] = out[j, i] = np.degrees(subspace_angles(bases[i], bases[j]).min())
+    return out
+
+
+def weight_report(
+    named: dict[str, tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Per-layer semantic drift and spectrum change for ``{layer: (before, after)}``, plus the spectra for plots.
+
+    Drift is the largest principal angle (degrees) between the top-k left singular subspaces of the two weights
+    (k = :func:`top_k`); spectrum change is ``||s(after) - s(before)|| / ||s(before)||``.
+
+    Returns:
+        Scalars (``drift/<layer>``, ``spectrum/<layer>`` and their means ``drift_mean``, ``spectrum_mean``) and
+        arrays (``<layer>/before``, ``<layer>/after`` singular values).
+    """
+    scalars: dict[str, float] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, (w0, w1) in named.items():
+        u0, s0, _ = np.linalg.svd(as_matrix(w0), full_matrices=False)
+        u1, s1, _ = np.linalg.svd(as_matrix(w1), full_matrices=False)
+        k = top_k(len(s0))
+        scalars[f"drift/{name}"] = float(np.degrees(subspace_angles(u0[:, :k], u1[:, :k]).max()))
+        scalars[f"spectrum/{name}"] = float(np.linalg.norm(s1 - s0) / np.linalg.norm(s0))
+        arrays[f"{name}/before"], arrays[f"{name}/after"] = s0, s1
+    if named:
+        scalars["drift_mean"] = float(np.mean([v for k, v in scalars.items() if k.startswith("drift/")]))
+        scalars["spectrum_mean"] = float(np.mean([v for k, v in scalars.items() if k.startswith("spectrum/")]))
+    return scalars, arrays

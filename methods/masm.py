@@ -1,0 +1,303 @@
+"""MASM: multi-artifact subspaces with selective layer masks (masm.md section 2), and its named ablations.
+
+Every target weight is split by SVD into a frozen semantic principal subspace and K learnable rank-r artifact
+subspaces (:class:`methods.svd_layer.SubspaceLayer`). Routing binds subspace k to training forgery method k; a
+selective layer mask bounds how fast any subspace fits; orthogonality and spectral-consistency constraints keep the
+subspaces diverse and the spectrum stable. Effort (K = 1, r = 1, no routing, no mask) is the same machinery with
+other switches (``methods/effort.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.adapter import Adapter
+from bench.config import ConfigError
+from bench.diagnostics import pairwise_angles, weight_report
+from bench.registry import register_method, register_variant
+from methods import masks
+from methods.svd_layer import (
+    SubspaceLayer,
+    SVDCache,
+    effort_orth_loss,
+    energy_loss,
+    inject,
+    merged,
+    orth_loss,
+    resolve_targets,
+    routing,
+    spectral_loss,
+    subspace_layers,
+)
+
+DEFAULT_K = 4  # FaceForensics++'s four forgery methods, when no training card says otherwise
+
+
+def svd_cache() -> SVDCache:
+    """The on-disk SVD cache: ``BENCH_SVD_CACHE`` or ``~/.cache/deepfake-bench/svd``."""
+    default = Path.home() / ".cache" / "deepfake-bench" / "svd"
+    return SVDCache(os.environ.get("BENCH_SVD_CACHE") or default)
+
+
+@dataclass
+class MASMOptions:
+    """Switches of the SVD subspace methods.
+
+    Attributes:
+        K: artifact subspaces; ``None`` is the number of forgery methods of the training card.
+        r: rank of each subspace.
+        targets: a preset (``attn``, ``mlp``, ``all``, ``effnet``), a regex over module names, or ``auto``
+            (``attn`` for ViTs, ``effnet`` for EfficientNets).
+        split_qkv: decompose the q, k and v blocks of a fused qkv projection separately.
+        routing: ``method`` (subspace k learns from reals + method-k fakes) or ``none``.
+        mask: ``state``, ``gradsnr``, ``random`` or ``none``.
+        mask_every: optimizer steps between mask refreshes.
+        rho_max: largest fraction of layers frozen for a subspace (``state``, ``random``).
+        tau: relative loss gap at which a subspace reaches ``rho_max``.
+        keep: fraction of layers kept per subspace (``gradsnr``).
+        ema: decay of the loss and gradient EMAs.
+        orth: ``masm`` (masm.md 2.3), ``effort`` (Effort paper's loss) or ``none``.
+        lambda_orth: weight of the orthogonality loss (averaged over layers).
+        spectral: ``tail`` (svdvals of the artifact part vs the initial tail), ``energy`` (Effort's
+            keep-singular-value loss) or ``none``.
+        lambda_spec: weight of the spectral loss (averaged over layers).
+        dense: materialise ``W_eff`` every step (Effort's released code; for benchmarks).
+        seed: seeds the ``random`` mask.
+    """
+
+    K: int | None = None
+    r: int = 1
+    targets: str = "auto"
+    split_qkv: bool = True
+    routing: str = "method"
+    mask: str = "state"
+    mask_every: int = 20
+    rho_max: float = 0.5
+    tau: float = 0.5
+    keep: float = 0.5
+    ema: float = 0.9
+    orth: str = "masm"
+    lambda_orth: float = 0.1
+    spectral: str = "tail"
+    lambda_spec: float = 0.1
+    dense: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {
+            "routing": ("method", "none"),
+            "mask": ("state", "gradsnr", "random", "none"),
+            "orth": ("masm", "effort", "none"),
+            "spectral": ("tail", "energy", "none"),
+        }
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"method.options.{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
+        if self.dense and self.routing != "none":
+            raise ConfigError("method.options.dense needs routing: none (routing uses the low-rank forward)")
+
+    def bind(self, forgery_methods: list[str]) -> None:
+        """Fill ``K`` from the training card and check that routing has a subspace per forgery method."""
+        if self.K is None:
+            self.K = len(forgery_methods) or DEFAULT_K
+        if self.routing == "method" and len(forgery_methods) != self.K:
+            raise ConfigError(
+                f"method.options.K={self.K} but routing: method needs one subspace per training forgery method "
+                f"({len(forgery_methods)}: {', '.join(forgery_methods)}); set K to that or routing: none"
+            )
+
+
+ORTH = {"masm": orth_loss, "effort": effort_orth_loss}
+SPECTRAL = {"tail": spectral_loss, "energy": energy_loss}
+
+
+class MASM(Adapter):
+    """The backbone with SVD subspace layers, routing, masks and constraints."""
+
+    def __init__(self, backbone: nn.Module, options: MASMOptions) -> None:
+        super().__init__(backbone)
+        self.options = options
+        self.K = options.K or DEFAULT_K
+        backbone.requires_grad_(False)
+        targets = resolve_targets(backbone, options.targets)
+        inject(backbone, targets, self.K, options.r, options.split_qkv, options.dense, svd_cache())
+        backbone.get_classifier().requires_grad_(True)
+        named = list(subspace_layers(backbone))
+        self.layer_names = [n for n, _ in named]
+        self.layers: list[SubspaceLayer] = [m for _, m in named]
+        L = len(self.layers)
+        self.register_buffer("mask", torch.ones(L, self.K, dtype=torch.bool))
+        self.register_buffer("loss_ema", torch.full((self.K,), float("nan")))
+        self.history: list[Tensor] = []
+        self.grad_stats = masks.GradStats(L, self.K, options.ema)
+        self.generator = torch.Generator().manual_seed(options.seed)
+        self._active = torch.zeros(self.K, dtype=torch.bool)
+
+    def route(self, methods: Tensor) -> Tensor | None:
+        """(N, K) routing: a real reaches every subspace, a fake of method j only subspace j."""
+        if self.options.routing == "none":
+            return None
+        fake = (methods >= 0) & (methods < self.K)
+        onehot = F.one_hot(methods.clamp(0, self.K - 1), self.K).bool() & fake[:, None]
+        return (onehot | ~fake[:, None]).float()
+
+    def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        route = self.route(methods)
+        with routing(self.backbone, route):
+            logits = self(images)
+        per_sample = F.cross_entropy(logits, labels, reduction="none")
+        ce = per_sample.mean()
+        parts: dict[str, Tensor] = {"ce": ce.detach()}
+        weights = route if route is not None else torch.ones(len(labels), self.K, device=labels.device)
+        counts = weights.sum(0)
+        self._active |= (counts > 0).cpu()
+        self._update_loss_ema((per_sample.detach()[:, None] * weights).sum(0) / counts.clamp_min(1), counts > 0)
+        loss = ce
+        if self.options.orth != "none":
+            parts["orth"] = torch.stack([ORTH[self.options.orth](m) for m in self.layers]).mean()
+            loss = loss + self.options.lambda_orth * parts["orth"]
+        if self.options.spectral != "none":
+            parts["spec"] = torch.stack([SPECTRAL[self.options.spectral](m) for m in self.layers]).mean()
+            loss = loss + self.options.lambda_spec * parts["spec"]
+        return loss, {k: v.detach() for k, v in parts.items()}
+
+    @torch.no_grad()
+    def _update_loss_ema(self, routed: Tensor, seen: Tensor) -> None:
+        routed, seen = routed.to(self.loss_ema), seen.to(self.loss_ema.device)
+        fresh = seen & self.loss_ema.isnan()
+        decayed = self.options.ema * self.loss_ema + (1 - self.options.ema) * routed
+        self.loss_ema.copy_(torch.where(fresh, routed, torch.where(seen, decayed, self.loss_ema)))
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Weight decay on the head's weight and the factors U, V; none on singular values and biases."""
+        singular = {id(p) for m in self.layers for p in m.s}
+        decay = [p for _, p in self.trainable_parameters() if p.ndim >= 2 and id(p) not in singular]
+        other = [p for _, p in self.trainable_parameters() if p.ndim < 2 or id(p) in singular]
+        return [
+            g
+            for g in ({"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0})
+            if g["params"]
+        ]
+
+    def before_optimizer_step(self, step: int) -> None:
+        """Record gradient statistics, then drop the gradients of masked and of unrouted (layer, subspace) factors."""
+        if self.options.mask == "gradsnr":
+            for layer_index, layer in enumerate(self.layers):
+                for k in range(self.K):
+                    grads = [p.grad for p in layer.subspace_parameters(k)]
+                    if self._active[k] and all(g is not None for g in grads):
+                        self.grad_stats.update(layer_index, k, torch.cat([g.flatten() for g in grads]))
+        frozen = ~self.mask.cpu() | ~self._active[None, :]
+        for layer_index, k in frozen.nonzero().tolist():
+            for p in self.layers[layer_index].subspace_parameters(k):
+                p.grad = None
+        self._active.zero_()
+
+    def after_optimizer_step(self, step: int) -> None:
+        if self.options.mask != "none" and (step + 1) % self.options.mask_every == 0:
+            self.refresh_mask()
+
+    @torch.no_grad()
+    def refresh_mask(self) -> None:
+        """Recompute the mask by the configured rule and append it to the history."""
+        o, L = self.options, len(self.layers)
+        ema = torch.nan_to_num(self.loss_ema.cpu(), nan=float(self.loss_ema.nanmean().nan_to_num(0.0)))
+        if o.mask == "state":
+            new = masks.state_mask(ema, self.drift(), o.rho_max, o.tau)
+        elif o.mask == "random":
+            new = masks.random_mask(ema, L, o.rho_max, o.tau, self.generator)
+        else:
+            new = masks.gradsnr_mask(self.grad_stats.snr(), o.keep)
+        self.mask.copy_(new)
+        self.history.append(new.clone())
+
+    @torch.no_grad()
+    def drift(self) -> Tensor:
+        """(layers, K) relative drift ``||dW_lk||_F / ||W_l||_F`` of each subspace's term since injection."""
+        return torch.stack(
+            [
+                torch.stack([m.delta_weight(k).norm() for k in range(self.K)]) / m.base_layer.weight.norm()
+                for m in self.layers
+            ]
+        ).cpu()
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        with super().evaluating(), merged(self.backbone):
+            yield
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "history": [h.clone() for h in self.history],
+            "grad_stats": self.grad_stats.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])
+        self.grad_stats.load_state_dict(state["grad_stats"])
+        self.generator.set_state(state["generator"])
+
+    @torch.no_grad()
+    def diagnostics(self, folder: Path) -> dict[str, float]:
+        named = {
+            n: (m.base_layer.weight, m.effective_weight()) for n, m in zip(self.layer_names, self.layers, strict=True)
+        }
+        scalars, spectra = weight_report(named)
+        angles = [pairwise_angles(_subspace_bases(m)) for m in self.layers] if self.K > 1 else []
+        if angles:
+            upper = np.triu_indices(self.K, 1)
+            scalars["diversity_mean"] = float(np.mean([a[upper].mean() for a in angles]))
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "spectra.npz", **spectra)
+        if self.history:
+            np.savez(
+                folder / "mask_history.npz",
+                masks=torch.stack(self.history).numpy(),
+                layers=np.array(self.layer_names),
+                every=self.options.mask_every,
+            )
+            scalars["masked_fraction"] = float(1 - torch.stack(self.history).float().mean())
+        if angles:
+            np.save(folder / "subspace_angles.npy", np.stack(angles))
+        return scalars
+
+
+def _subspace_bases(layer: SubspaceLayer) -> list[np.ndarray]:
+    """Column bases of each subspace's left factor (blocks stacked along the rows)."""
+    return [u.detach().reshape(-1, u.shape[-1]).double().cpu().numpy() for u in layer.U]
+
+
+@register_method(
+    "masm", MASMOptions, "multi-artifact SVD subspaces, routing by forgery method, layer masks, constraints"
+)
+def build(backbone: nn.Module, options: MASMOptions) -> Adapter:
+    return MASM(backbone, options)
+
+
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "masm/no-mask": ("no selective layer mask", {"mask": "none"}),
+    "masm/random-mask": ("random layers masked at the state rule's ratio (control)", {"mask": "random"}),
+    "masm/gradsnr-mask": ("mask by gradient bias^2/variance (v3 reading)", {"mask": "gradsnr"}),
+    "masm/no-orth": ("without the orthogonality constraint", {"orth": "none"}),
+    "masm/no-spec": ("without the spectral-consistency constraint", {"spectral": "none"}),
+    "masm/no-constraints": ("without either constraint", {"orth": "none", "spectral": "none"}),
+    "masm/no-routing": ("every subspace learns from every sample", {"routing": "none"}),
+    "masm/K=1": ("one artifact subspace (Effort-like, with constraints)", {"K": 1, "routing": "none"}),
+    "masm/r=2": ("rank 2 per subspace", {"r": 2}),
+    "masm/r=4": ("rank 4 per subspace", {"r": 4}),
+    "masm/targets=mlp": ("MLP layers instead of attention", {"targets": "mlp"}),
+    "masm/targets=all": ("attention and MLP layers", {"targets": "all"}),
+}
+for _name, (_summary, _preset) in ABLATIONS.items():
+    register_variant(_name, "masm", _summary, **_preset)

@@ -1,0 +1,466 @@
+"""SVD subspace layers: a frozen semantic part and K trainable artifact subspaces per target layer (MASM, Effort).
+
+A target ``nn.Linear`` or ``nn.Conv2d`` (groups 1; its kernel read as an ``out x in*kh*kw`` matrix) with weight
+``W = U diag(sigma) V^T`` (sigma descending, ``p = min(out, in)``) is wrapped by :class:`SubspaceLayer`:
+
+- the top ``p - K*r`` components form the frozen semantic part ``W_sem`` (non-persistent buffers, never trained);
+- the tail ``K*r`` components are split into K contiguous blocks of rank r in descending order: subspace 0 holds the
+  largest tail singular values, subspace K-1 the smallest. Subspace k trains ``U[k]``, ``s[k]`` and ``V[k]``;
+- ``W_eff = W_sem + sum_k U_k diag(s_k) V_k^T`` equals ``W`` at injection.
+
+A fused attention ``qkv`` Linear can be split into B = 3 row blocks (q, k, v), each decomposed on its own; every
+factor and semantic buffer carries that leading block dimension (B = 1 otherwise).
+
+The constraint losses below return the mean over a layer's blocks; callers average them over layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.checkpoint import save_atomic
+
+PRESETS: dict[str, dict[str, str]] = {
+    "vit": {
+        "attn": r"(.*\.)?blocks\.\d+\.attn\.(qkv|proj)",
+        "mlp": r"(.*\.)?blocks\.\d+\.mlp\.(fc1|fc2)",
+        "all": r"(.*\.)?blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))",
+    },
+    "effnet": {
+        "proj": r"(.*\.)?(blocks\.\d+\.\d+\.conv_pwl|conv_head)",
+        "mlp": r"(.*\.)?blocks\.\d+\.\d+\.conv_pw",
+        "all": r"(.*\.)?(blocks\.\d+\.\d+\.(conv_pw|conv_pwl)|conv_head)",
+    },
+}
+"""Target regexes per backbone family (matched with ``re.fullmatch`` against full module names).
+
+timm ViTs: attention projections, MLP layers, or both. timm EfficientNets: the 1x1 projection convs of the blocks
+and the head conv, the 1x1 expansion convs (the MLP-like part of an inverted residual), or all pointwise convs
+(depthwise convs are not matrices and never targets).
+"""
+
+DEFAULTS = {"vit": "attn", "effnet": "proj"}
+"""The preset ``auto`` stands for, per family."""
+
+
+def resolve_targets(model: nn.Module, targets: str) -> str:
+    """The regex for ``targets``: a preset of the model's family (``auto`` is its default) or a regex as given."""
+    names = [n for n, _ in model.named_modules()]
+    family = next((f for f, presets in PRESETS.items() if any(re.fullmatch(presets["all"], n) for n in names)), None)
+    if family is None:
+        if targets == "auto" or targets in {k for presets in PRESETS.values() for k in presets}:
+            raise ValueError(f"targets {targets!r}: presets exist for {', '.join(PRESETS)} backbones; give a regex")
+        return targets
+    presets = PRESETS[family]
+    key = DEFAULTS[family] if targets == "auto" else targets
+    if key not in presets and any(key in other for other in PRESETS.values()):
+        raise ValueError(f"targets {targets!r} is not a preset for {family} backbones ({', '.join(presets)})")
+    return presets.get(key, key)
+
+
+QKV_PATTERN = r"(.*\.)?qkv"
+"""Module names of fused q/k/v projections, split into three blocks when ``split_qkv`` is set."""
+
+Factors = tuple[Tensor, Tensor, Tensor]
+
+
+def block_svd(weight: Tensor, blocks: int = 1) -> Factors:
+    """Thin SVD of each of ``blocks`` equal row blocks of a weight read as a matrix.
+
+    Runs in float64 on the CPU and in float32 on an accelerator, and returns that precision.
+
+    Returns:
+        ``U`` (B, out/B, p), ``S`` (B, p) descending and ``V`` (B, in, p), with ``W_b = U_b diag(S_b) V_b^T``.
+    """
+    matrix = weight.detach().reshape(blocks, weight.shape[0] // blocks, -1)
+    dtype = torch.float64 if weight.device.type == "cpu" else torch.float32
+    u, s, vh = torch.linalg.svd(matrix.to(dtype), full_matrices=False)
+    return u, s, vh.mT
+
+
+def fingerprint(weight: Tensor, samples: int = 4096) -> str:
+    """A cheap content hash of a weight: shape, dtype, a strided sample of values and position-weighted sums.
+
+    The sums are rounded to 12 significant digits, so the same weights give the same hash on any device.
+    """
+    matrix = weight.detach().reshape(weight.shape[0], -1)
+    flat = matrix.reshape(-1)
+    sample = flat[:: max(1, flat.numel() // samples)][:samples].to("cpu", torch.float64)
+    wide = matrix.to(torch.float64)
+    rows, cols = wide.sum(1), wide.sum(0)
+    sums = (
+        rows.sum(),
+        wide.square().sum(),
+        (rows * torch.arange(len(rows), device=rows.device)).sum(),
+        (cols * torch.arange(len(cols), device=cols.device)).sum(),
+    )
+    digest = hashlib.sha1(f"{tuple(weight.shape)}|{weight.dtype}|".encode())
+    digest.update(sample.numpy().tobytes())
+    digest.update("|".join(f"{v.item():.11e}" for v in sums).encode())
+    return digest.hexdigest()
+
+
+class SVDCache:
+    """Block SVDs on disk, computed once per backbone and weights.
+
+    One file per target layer, named by a hash of the layer name, the block count and :func:`fingerprint` of its
+    weight, so changed weights never hit a stale entry. A file is a ``torch.save`` archive of the full factors ``U``,
+    ``S``, ``V`` in the weight's dtype, written atomically and loaded memory-mapped (semantic buffers of a model
+    left on the CPU stay backed by the file's pages; replacing a file by rename never changes them).
+
+    Attributes:
+        hits: lookups answered from disk.
+        misses: lookups that ran the SVD.
+    """
+
+    version = 1
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, name: str, weight: Tensor, blocks: int) -> Path:
+        """The file holding the factors of ``weight`` (layer ``name``, split into ``blocks``)."""
+        key = f"{self.version}|{name}|{blocks}|{fingerprint(weight)}"
+        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
+
+    def get(self, name: str, weight: Tensor, blocks: int = 1) -> Factors:
+        """:func:`block_svd` of ``weight`` in its dtype and on its device, from disk when cached.
+
+        Weights on the meta device (shapes only, e.g. for parameter counts) bypass the cache.
+        """
+        if weight.is_meta:
+            return block_svd(weight, blocks)
+        path = self.path(name, weight, blocks)
+        if path.is_file():
+            self.hits += 1
+            entry = torch.load(path, map_location=weight.device, mmap=True, weights_only=True)
+            return entry["U"], entry["S"], entry["V"]
+        self.misses += 1
+        u, s, v = (t.to(weight.dtype).contiguous() for t in block_svd(weight, blocks))
+        save_atomic({"name": name, "U": u.cpu(), "S": s.cpu(), "V": v.cpu()}, path)
+        return u, s, v
+
+
+def _check_wrappable(module: nn.Module, name: str = "module") -> None:
+    if not isinstance(module, nn.Linear | nn.Conv2d):
+        raise TypeError(f"{name} is a {type(module).__name__}; only nn.Linear and nn.Conv2d can be wrapped")
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise ValueError(f"{name} is a grouped convolution (groups={module.groups}); only groups=1 can be wrapped")
+
+
+class SubspaceLayer(nn.Module):
+    """A Linear or Conv2d whose weight is ``W_sem`` (frozen) plus K trainable rank-r subspaces.
+
+    Forward paths, in order of precedence:
+
+    - merged (:meth:`merge`, eval only): one plain linear/conv with ``W_eff``;
+    - ``dense``: ``W_eff`` materialised each call (Effort's released code does this);
+    - low rank (default): ``x W_sem^T + ((x V_A) * s_A) U_A^T + b``, which never forms a dense weight gradient.
+
+    Routing: when ``route`` is an (N, K) 0/1 tensor, subspace k's factors get gradient only from samples n with
+    ``route[n, k] == 1``; the output and the gradient with respect to the input stay exact. The routed path runs the
+    low-rank branch twice, once with live factors masked to the routed samples and once with detached factors for
+    the rest. ``route`` applies to every forward while set (see :func:`routing`) and is ignored without autograd.
+
+    Frozen, non-persistent buffers (rebuilt from the SVD, never in ``state_dict``): ``w_sem`` (out, in),
+    ``u_sem`` (B, out/B, p - K*r), ``v_sem`` (B, in, p - K*r), ``sigma_tail`` (B, K*r), the tail factors at
+    injection ``u_tail0`` and ``v_tail0``, and ``merged_weight`` (None unless merged).
+
+    Args:
+        base: the layer to wrap; its parameters are frozen and kept as ``base_layer`` (the pretrained weight).
+        K: number of artifact subspaces.
+        r: rank of each subspace; ``K * r`` must not exceed ``min(out / blocks, in)``.
+        blocks: equal row blocks decomposed separately (3 for a fused qkv Linear).
+        dense: use the dense forward.
+        svd: precomputed :func:`block_svd` of ``base.weight`` (e.g. from :class:`SVDCache`).
+    """
+
+    adapter_layer_names = ("U", "s", "V")
+    base_layer: nn.Linear | nn.Conv2d
+    w_sem: Tensor
+    u_sem: Tensor
+    v_sem: Tensor
+    sigma_tail: Tensor
+    u_tail0: Tensor
+    v_tail0: Tensor
+    merged_weight: Tensor | None
+
+    def __init__(
+        self,
+        base: nn.Linear | nn.Conv2d,
+        K: int,
+        r: int,
+        blocks: int = 1,
+        dense: bool = False,
+        svd: Factors | None = None,
+    ) -> None:
+        super().__init__()
+        _check_wrappable(base)
+        weight = base.weight.detach()
+        out = weight.shape[0]
+        matrix = weight.reshape(out, -1)
+        if (isinstance(base, nn.Conv2d) and blocks != 1) or out % blocks:
+            raise ValueError(f"cannot split a {type(base).__name__} with {out} outputs into {blocks} row blocks")
+        p = min(out // blocks, matrix.shape[1])
+        if K < 1 or r < 1 or K * r > p:
+            raise ValueError(f"K={K}, r={r}: need K, r >= 1 and K*r <= {p} (the rank of each weight block)")
+        base.requires_grad_(False)
+        self.base_layer = base
+        self.K, self.r, self.blocks, self.dense = K, r, blocks, dense
+        self.route: Tensor | None = None
+        self._custom_conv = isinstance(base, nn.Conv2d) and type(base).forward is not nn.Conv2d.forward
+
+        u, sigma, v = (t.to(weight) for t in (svd if svd is not None else block_svd(weight, blocks)))
+        if u.shape != (blocks, out // blocks, p) or v.shape != (blocks, matrix.shape[1], p):
+            raise ValueError(
+                f"svd factors {tuple(u.shape)}, {tuple(v.shape)} do not fit the weight {tuple(weight.shape)}"
+            )
+        t = p - K * r
+        tail = (u[..., t:] * sigma[:, None, t:]) @ v[..., t:].mT
+        self.register_buffer("w_sem", matrix - tail.reshape(out, -1), persistent=False)
+        self.register_buffer("u_sem", u[..., :t], persistent=False)
+        self.register_buffer("v_sem", v[..., :t], persistent=False)
+        self.register_buffer("sigma_tail", sigma[:, t:], persistent=False)
+        self.register_buffer("u_tail0", u[..., t:], persistent=False)
+        self.register_buffer("v_tail0", v[..., t:], persistent=False)
+        self.register_buffer("merged_weight", None, persistent=False)
+        columns = [slice(t + k * r, t + (k + 1) * r) for k in range(K)]
+        own = torch.contiguous_format  # parameters get their own storage, never a view of a buffer
+        self.U = nn.ParameterList(nn.Parameter(u[..., c].clone(memory_format=own)) for c in columns)
+        self.s = nn.ParameterList(nn.Parameter(sigma[:, c].clone(memory_format=own)) for c in columns)
+        self.V = nn.ParameterList(nn.Parameter(v[..., c].clone(memory_format=own)) for c in columns)
+        self.train(base.training)
+
+    def extra_repr(self) -> str:
+        return f"K={self.K}, r={self.r}, blocks={self.blocks}, dense={self.dense}, merged={self.merged}"
+
+    @property
+    def merged(self) -> bool:
+        return self.merged_weight is not None
+
+    def subspace_parameters(self, k: int) -> list[nn.Parameter]:
+        """The trainable factors ``U[k]``, ``s[k]``, ``V[k]`` of subspace k."""
+        return [self.U[k], self.s[k], self.V[k]]
+
+    def factors(self) -> Factors:
+        """All subspaces side by side: ``U_A`` (B, out/B, K*r), ``s_A`` (B, K*r), ``V_A`` (B, in, K*r)."""
+        return torch.cat(tuple(self.U), -1), torch.cat(tuple(self.s), -1), torch.cat(tuple(self.V), -1)
+
+    def effective_weight(self) -> Tensor:
+        """``W_eff`` as an (out, in) matrix (a conv kernel flattened to in*kh*kw columns)."""
+        u, s, v = self.factors()
+        return self.w_sem + ((u * s[:, None]) @ v.mT).reshape(self.w_sem.shape)
+
+    def delta_weight(self, k: int) -> Tensor:
+        """How far subspace k's term ``U_k diag(s_k) V_k^T`` moved since injection, as an (out, in) matrix.
+
+        The K deltas sum to ``W_eff - W``.
+        """
+        b = slice(k * self.r, (k + 1) * self.r)
+        now = (self.U[k] * self.s[k][:, None]) @ self.V[k].mT
+        init = (self.u_tail0[..., b] * self.sigma_tail[:, None, b]) @ self.v_tail0[..., b].mT
+        return (now - init).reshape(self.w_sem.shape)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ``W_eff`` into one weight used by the forward; evaluation only (``train()`` unmerges)."""
+        if self.training:
+            raise RuntimeError("merge() is for evaluation: call eval() first (training needs the factored weights)")
+        self.merged_weight = self.effective_weight()
+
+    def unmerge(self) -> None:
+        """Back to the factored forward."""
+        self.merged_weight = None
+
+    def train(self, mode: bool = True) -> SubspaceLayer:
+        if mode:
+            self.unmerge()
+        return super().train(mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias, route = self.base_layer.bias, self.route
+        if self.merged_weight is not None:
+            return self._op(x, self.merged_weight, bias)
+        if self.dense:
+            if route is not None:
+                raise ValueError("routing needs the low-rank forward; set dense=False")
+            return self._op(x, self.effective_weight(), bias)
+        y = self._op(x, self.w_sem, bias)
+        u, s, v = self.factors()
+        u = torch.block_diag(*u) if self.blocks > 1 else u[0]  # (out, B*K*r): block b feeds output rows of block b
+        v = v.permute(1, 0, 2).reshape(v.shape[1], -1)  # (in, B*K*r), columns ordered (block, subspace, rank)
+        s = s.reshape(-1)
+        if route is None or not torch.is_grad_enabled():
+            return y + self._up(self._down(x, v) * self._columns(s), u)
+        mask = self._route_mask(route, x)
+        live = self._down(x, v) * self._columns(s) * mask
+        frozen = self._down(x, v.detach()) * self._columns(s.detach()) * (1 - mask)
+        return y + self._up(live, u) + self._up(frozen, u.detach())
+
+    def _op(self, x: Tensor, matrix: Tensor, bias: Tensor | None) -> Tensor:
+        """The base layer's operation (with its stride, padding and dilation for a conv) with weight ``matrix``."""
+        base = self.base_layer
+        if isinstance(base, nn.Linear):
+            return F.linear(x, matrix, bias)
+        kernel = matrix.reshape(-1, *base.weight.shape[1:])
+        if self._custom_conv:  # e.g. timm's Conv2dSame pads by input size in its own forward
+            params = {"weight": kernel, "bias": bias}  # a None bias switches the base's off
+            return torch.func.functional_call(base, params, (x,))  # type: ignore[arg-type]
+        return base._conv_forward(x, kernel, bias)
+
+    def _down(self, x: Tensor, v: Tensor) -> Tensor:
+        return self._op(x, v.mT, None)
+
+    def _up(self, z: Tensor, u: Tensor) -> Tensor:
+        if isinstance(self.base_layer, nn.Linear):
+            return F.linear(z, u)
+        return F.conv2d(z, u[..., None, None])
+
+    def _columns(self, t: Tensor) -> Tensor:
+        """``t`` (..., B*K*r) broadcastable over the low-rank activations (channels first for a conv)."""
+        return t[..., None, None] if isinstance(self.base_layer, nn.Conv2d) else t
+
+    def _route_mask(self, route: Tensor, x: Tensor) -> Tensor:
+        """``route`` (N, K) expanded to the low-rank columns and broadcastable over the activations."""
+        if route.shape != (x.shape[0], self.K):
+            raise ValueError(f"route has shape {tuple(route.shape)}; expected (batch, K) = ({x.shape[0]}, {self.K})")
+        mask = route.to(x)[:, None, :, None].expand(-1, self.blocks, -1, self.r).reshape(x.shape[0], -1)
+        if isinstance(self.base_layer, nn.Conv2d):
+            return self._columns(mask)
+        return mask.reshape(x.shape[0], *[1] * (x.ndim - 2), -1)
+
+
+def subspace_layers(model: nn.Module) -> Iterator[tuple[str, SubspaceLayer]]:
+    """The :class:`SubspaceLayer` modules of ``model`` with their names."""
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, SubspaceLayer))
+
+
+@contextmanager
+def routing(model: nn.Module, route: Tensor | None) -> Iterator[None]:
+    """Set ``route`` (N, K) on every subspace layer for the forward passes inside the block."""
+    layers = [m for _, m in subspace_layers(model)]
+    for layer in layers:
+        layer.route = route
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.route = None
+
+
+@contextmanager
+def merged(model: nn.Module) -> Iterator[None]:
+    """Merge every subspace layer (the model must be in eval mode) and unmerge on exit."""
+    layers = [m for _, m in subspace_layers(model)]
+    try:
+        for layer in layers:
+            layer.merge()
+        yield
+    finally:
+        for layer in layers:
+            layer.unmerge()
+
+
+def inject(
+    model: nn.Module,
+    targets: str | list[str],
+    K: int,
+    r: int,
+    split_qkv: bool = True,
+    dense: bool = False,
+    cache: SVDCache | None = None,
+    qkv_pattern: str = QKV_PATTERN,
+) -> list[str]:
+    """Replace every module whose full name matches a target with a :class:`SubspaceLayer` wrapping it.
+
+    Args:
+        model: modified in place; the wrapped layers' own parameters are frozen, nothing else is touched.
+        targets: presets or regexes (:func:`resolve_targets`), matched with ``re.fullmatch`` against
+            ``named_modules()``.
+        K: number of artifact subspaces.
+        r: rank of each subspace.
+        split_qkv: decompose the q, k and v row blocks of Linears matching ``qkv_pattern`` separately.
+        dense: give the layers the dense forward.
+        cache: where SVDs are read from and written to; None computes them.
+        qkv_pattern: regex (``re.fullmatch``) of fused qkv projections.
+
+    Returns:
+        The names of the replaced modules.
+    """
+    patterns = [resolve_targets(model, t) for t in ([targets] if isinstance(targets, str) else targets)]
+    compiled = [re.compile(p) for p in patterns]
+    modules = dict(model.named_modules())
+    names = [n for n in modules if n and any(c.fullmatch(n) for c in compiled)]
+    if not names:
+        candidates = [n for n, m in modules.items() if isinstance(m, nn.Linear | nn.Conv2d)][:6]
+        raise ValueError(f"no module name matches {patterns}; layer names look like {candidates}")
+    for name in names:
+        if isinstance(modules[name], SubspaceLayer):
+            raise ValueError(f"{name} is already a SubspaceLayer")
+        _check_wrappable(modules[name], name)
+    for name in names:
+        module = modules[name]
+        blocks = 3 if split_qkv and re.fullmatch(qkv_pattern, name) else 1
+        svd = cache.get(name, module.weight, blocks) if cache is not None else None
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, SubspaceLayer(module, K, r, blocks, dense, svd))
+    return names
+
+
+def orth_loss(layer: SubspaceLayer) -> Tensor:
+    """``||U_A^T U_A - I||^2 + ||V_A^T V_A - I||^2 + ||U_sem^T U_A||^2 + ||V_sem^T V_A||^2`` (squared Frobenius)."""
+    u, _, v = layer.factors()
+    eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
+    terms = (u.mT @ u - eye, v.mT @ v - eye, layer.u_sem.mT @ u, layer.v_sem.mT @ v)
+    return torch.stack([t.square().sum((1, 2)) for t in terms]).sum(0).mean()
+
+
+def spectral_loss(layer: SubspaceLayer) -> Tensor:
+    """``||svdvals(U_A diag(s_A) V_A^T) - sigma_tail||^2 / ||sigma_tail||^2``.
+
+    The singular values come from QR factors of ``U_A`` and ``V_A`` and an SVD of the small ``R_U diag(s) R_V^T``.
+    """
+    u, s, v = layer.factors()
+    core = (torch.linalg.qr(u).R * s[:, None]) @ torch.linalg.qr(v).R.mT
+    ref = layer.sigma_tail
+    return ((torch.linalg.svdvals(core) - ref).square().sum(-1) / ref.square().sum(-1)).mean()
+
+
+def energy_loss(layer: SubspaceLayer) -> Tensor:
+    """Effort's keep-singular-value loss ``| ||W_eff||_F^2 - ||W||_F^2 |`` without forming ``W_eff``.
+
+    Uses ``||W||^2 = ||W_sem||^2 + ||sigma_tail||^2`` and
+    ``||W_eff||^2 = ||W_sem||^2 + 2 <W_sem, W_A> + ||W_A||^2``, with ``<W_sem, W_A> = sum_j s_j u_j^T W_sem v_j``.
+    """
+    u, s, v = layer.factors()
+    w_sem = layer.w_sem.reshape(layer.blocks, u.shape[1], -1)
+    cross = ((w_sem @ v) * u).sum(1)
+    own = (s[:, :, None] * (u.mT @ u) * (v.mT @ v) * s[:, None, :]).sum((1, 2))
+    return (2 * (cross * s).sum(-1) + own - layer.sigma_tail.square().sum(-1)).abs().mean()
+
+
+def effort_orth_loss(layer: SubspaceLayer) -> Tensor:
+    """Effort's ``0.5 ||[U_r, U_res]^T [U_r, U_res] - I||_F + 0.5 ||[V_r, V_res]^T [V_r, V_res] - I||_F`` (not squared).
+
+    ``U_r`` is the semantic basis, ``U_res = U_A``. The Gram matrix is assembled from its blocks; the semantic
+    diagonal block ``U_r^T U_r - I`` is zero by construction (orthonormal SVD factors) and left out.
+    """
+    u, _, v = layer.factors()
+    eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
+
+    def deviation(sem: Tensor, a: Tensor) -> Tensor:
+        parts = ((a.mT @ a - eye).flatten(1), (sem.mT @ a).flatten(1) * math.sqrt(2))  # off-diagonal blocks twice
+        return torch.linalg.vector_norm(torch.cat(parts, 1), dim=1)
+
+    return (0.5 * deviation(layer.u_sem, u) + 0.5 * deviation(layer.v_sem, v)).mean()

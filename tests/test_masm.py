@@ -1,0 +1,135 @@
+"""MASM inside the loop's contract: routing, masks, constraints, Effort's and LoRA's shapes, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.backbone import create_backbone
+from bench.cli import main
+from bench.config import ModelConfig
+from bench.grid import resolve_config
+from bench.registry import get_method
+from bench.train import train
+from tests.conftest import tiny_config
+
+VIT = ModelConfig(name="test_vit", pretrained=False, img_size=32)
+
+
+def _model(name: str = "masm", **options: object) -> torch.nn.Module:
+    return get_method(name).apply(create_backbone(VIT, seed=0), **{"K": 4, **options})
+
+
+def _factors(model: torch.nn.Module, k: int) -> list[torch.Tensor]:
+    return [p.detach().clone() for layer in model.layers for p in layer.subspace_parameters(k)]
+
+
+def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, methods: list[int], step: int = 0) -> None:
+    g = torch.Generator().manual_seed(step)
+    images = torch.randn(len(methods), 3, 32, 32, generator=g)
+    labels = torch.tensor([int(m >= 0) for m in methods])
+    model.train()
+    loss, _ = model.training_loss(images, labels, torch.tensor(methods))
+    loss.backward()
+    model.before_optimizer_step(step)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.after_optimizer_step(step)
+
+
+def test_routing_moves_only_the_subspace_of_the_batch_method() -> None:
+    model = _model(mask="none")
+    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-2)
+    before = [_factors(model, k) for k in range(4)]
+    _step(model, optimizer, [2] * 8)  # fakes of method 2 only
+    for k in range(4):
+        same = all(torch.equal(a, b) for a, b in zip(before[k], _factors(model, k), strict=True))
+        assert same == (k != 2), f"subspace {k}"
+
+
+def test_reals_reach_every_subspace_and_no_routing_mixes() -> None:
+    routed = _model(mask="none").route(torch.tensor([-1, 0, 3]))
+    assert routed.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 1]]
+    assert _model(routing="none", mask="none").route(torch.tensor([0])) is None
+
+
+def test_masked_factors_and_their_moments_do_not_move() -> None:
+    model = _model(mask="none")
+    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-2)
+    _step(model, optimizer, [-1, -1, 0, 1, 2, 3, 0, 1], step=0)  # creates AdamW moments for every factor
+    model.mask[0, 1] = False  # layer 0, subspace 1 frozen
+    masked = model.layers[0].subspace_parameters(1)
+    free = model.layers[0].subspace_parameters(0)
+    snapshot = {
+        id(p): (p.detach().clone(), {k: v.clone() for k, v in optimizer.state[p].items()}) for p in masked + free
+    }
+    _step(model, optimizer, [-1, -1, 0, 1, 2, 3, 0, 1], step=1)
+    for p in masked:
+        value, moments = snapshot[id(p)]
+        assert torch.equal(p, value)
+        assert all(torch.equal(optimizer.state[p][k], v) for k, v in moments.items())
+    assert not all(torch.equal(p, snapshot[id(p)][0]) for p in free)
+
+
+def test_constraints_zero_at_init_positive_after_training() -> None:
+    model = _model(mask="none")
+    model.train()
+    methods = torch.tensor([-1, -1, 0, 1, 2, 3, 0, 1])
+    _, parts = model.training_loss(torch.randn(8, 3, 32, 32), (methods >= 0).long(), methods)
+    assert parts["orth"] == pytest.approx(0, abs=1e-9) and parts["spec"] == pytest.approx(0, abs=1e-9)
+    optimizer = torch.optim.AdamW(model.param_groups(0.0), lr=5e-2)
+    for step in range(3):
+        _step(model, optimizer, methods.tolist(), step)
+    _, parts = model.training_loss(torch.randn(8, 3, 32, 32), (methods >= 0).long(), methods)
+    assert parts["orth"] > 1e-8 and parts["spec"] > 1e-8
+
+
+def test_state_mask_refreshes_on_schedule_and_freezes_the_fastest_subspace() -> None:
+    model = _model(mask="state", mask_every=2, rho_max=0.5, tau=0.5)
+    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-2)
+    for step in range(2):
+        _step(model, optimizer, [-1, -1, 0, 1, 2, 3, 0, 1], step)
+    assert len(model.history) == 1
+    model.loss_ema.copy_(torch.tensor([0.1, 0.7, 0.7, 0.7]))  # subspace 0 runs far ahead
+    model.refresh_mask()
+    frozen = (~model.mask).sum(0).tolist()
+    assert frozen[0] == len(model.layers) // 2 and frozen[1:] == [0, 0, 0]
+
+
+def test_masm_resumes_exactly_with_its_mask_state(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+    cfg = resolve_config(
+        tiny_config(tiny_cards, tmp_path, method={"name": "masm", "options": {"mask_every": 2, "mask": "random"}})
+    )
+    assert cfg.method.options["K"] == 2  # bound from the tiny card's two forgery methods
+    uninterrupted = train(cfg, tmp_path / "a")
+    assert train(cfg, tmp_path / "b", stop_after=5) == {}
+    assert train(cfg, tmp_path / "b") == uninterrupted
+    history = np.load(tmp_path / "a" / "diagnostics" / "mask_history.npz")
+    refreshes = int(uninterrupted["val/selected_step"]) // 2  # diagnostics describe the selected weights
+    assert history["masks"].shape == (refreshes, len(history["layers"]), 2)
+    assert 0 <= uninterrupted["diag/drift_mean"] < 90 and "diag/diversity_mean" in uninterrupted
+
+
+def test_routing_needs_one_subspace_per_method(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+    from bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="one subspace per training forgery method"):
+        resolve_config(tiny_config(tiny_cards, tmp_path, method={"name": "masm", "options": {"K": 3}}))
+
+
+def test_effort_parameter_count_on_clip_vit_large(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["params", "--backbone", "vit_large_patch14_clip_224.openai", "--method", "effort"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("effort"))
+    assert row.split()[1] == "196,704"  # 24 blocks x 4 projections x (1024 + 1 + 1024): Effort's "0.19M"
+
+
+def test_lora_is_peft_on_the_same_targets_with_matched_rank() -> None:
+    from peft.tuners.lora import LoraLayer
+
+    lora = get_method("lora").apply(create_backbone(VIT, seed=0))
+    effort = get_method("masm").apply(create_backbone(VIT, seed=0), K=4, r=1)
+    assert set(lora.lora_layers) == set(effort.layer_names)
+    assert all(isinstance(m, LoraLayer) and m.r["default"] == 4 for m in lora.lora_layers.values())
