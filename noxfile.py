@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lint"]  # `nox` alone; bench, perf and ui are asked for by name
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -37,3 +39,11 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", "bench", "methods", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "bench", "methods", "tests", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def ui(session: nox.Session) -> None:
+    """The MLflow UI on the results store, on loopback: ``nox -s ui -- --port 5001`` (other ``mlflow ui`` flags too)."""
+    session.install("mlflow>=3.0")
+    store = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///results/mlflow.db")
+    session.run("mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1", *session.posargs)

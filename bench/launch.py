@@ -15,7 +15,7 @@ from pathlib import Path
 
 import submitit
 
-from bench import claims
+from bench import claims, distributed
 from bench.config import LaunchConfig
 from bench.grid import Cell
 from bench.runner import Outcome, run_cell, run_dir
@@ -30,13 +30,17 @@ class CellJob(submitit.helpers.Checkpointable):
         self.cell, self.experiment, self.grid = cell, experiment, grid
 
     def __call__(self) -> Outcome:
+        if submitit.JobEnvironment().num_tasks > 1:  # one process per task (GPU): data-parallel training
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            distributed.init_from_env()
         return run_claimed(self.cell, self.experiment, self.grid)
 
 
 def run_claimed(cell: Cell, experiment: str, grid: str) -> Outcome:
     """Run a claimed cell and release its claim when it ends (a pre-empted run keeps it: it is requeued)."""
     outcome = run_cell(cell, experiment, grid)
-    claims.release(run_dir(cell))
+    if distributed.is_main():
+        claims.release(run_dir(cell))
     return outcome
 
 

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import distributed
 from bench.config import ConfigError, RunConfig, save_config
 from bench.data.cards import load_card
 from bench.grid import Cell
@@ -39,6 +40,9 @@ def run_dir(cell: Cell) -> Path:
 def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
     """Train and test one cell, tracked in MLflow; an exception marks the run FAILED with its reason."""
     folder = run_dir(cell)
+    if not distributed.is_main():  # the other processes of a data-parallel run train; rank 0 tracks
+        train(cell.config, folder)
+        return Outcome(cell.name, FINISHED)
     save_config(cell.config, folder / "config.yaml")
     method = cell.config.method.name
     tags = {"grid": grid, "cell": cell.name, "label": cell.label, "method": method, "family": method.split("/")[0]}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from bench import checkpoint
+from bench import checkpoint, distributed
 from bench.adapter import Adapter
 from bench.backbone import create_backbone, data_config
 from bench.config import RunConfig
@@ -52,11 +52,12 @@ class Splits:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device of this process (with several processes on GPUs, the GPU of its local rank)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -132,11 +133,13 @@ class Evaluator:
         self._loaders: dict[str, torch.utils.data.DataLoader] = {}
 
     def scores(self, name: str, frames: list[Frame]) -> np.ndarray:
+        """Scores of ``frames`` in order; with several processes each scores its shard and all gather."""
         if name not in self._loaders:
-            dataset = FrameDataset(frames, self.size, self.mean, self.std)
+            dataset = FrameDataset(distributed.shard(frames), self.size, self.mean, self.std)
             workers = min(self.cfg.data.workers, 1) if len(frames) < 512 else self.cfg.data.workers
             self._loaders[name] = eval_loader(dataset, self.cfg.eval.batch_size, workers, self.device.type == "cuda")
-        return predict(self.model, self._loaders[name], self.device, self.cfg.train.amp)
+        local = predict(self.model, self._loaders[name], self.device, self.cfg.train.amp)
+        return distributed.gather_concat(torch.from_numpy(local)).numpy()
 
     def metrics(self, name: str, frames: list[Frame], bootstrap: int = 0) -> tuple[dict[str, float], np.ndarray]:
         scores = self.scores(name, frames)
@@ -190,7 +193,8 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
         Test metrics keyed ``<metric>/<card>`` (validation-selected weights) and ``last/<metric>/<card>``, plus
         ``val/<metric>`` of the selected checkpoint, parameter counts and the method's diagnostics.
     """
-    log = log or (lambda metrics, step: None)
+    rank, world = distributed.world()
+    log = log if log is not None and rank == 0 else (lambda metrics, step: None)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -216,10 +220,13 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
 
     evaluator = Evaluator(model, cfg, data, device)
     sampler = StepSampler(groups, micro, cfg.train.seed, step * accumulate, total * accumulate)
-    batches = iter(train_loader(train_set, sampler, cfg.data.workers, cfg.train.seed, device.type == "cuda"))
+    rank_batches = distributed.RankSlice(sampler, rank, world)  # train.batch_size is the global batch
+    batches = iter(train_loader(train_set, rank_batches, cfg.data.workers, cfg.train.seed, device.type == "cuda"))
+    loss_fn = distributed.loss_module(model, device)
     trainable = [p for _, p in model.trainable_parameters()]
     model.train()
-    bar = tqdm(total=total, initial=step, desc=f"{cfg.method.name} seed {cfg.train.seed}", disable=None, leave=False)
+    desc = f"{cfg.method.name} seed {cfg.train.seed}"
+    bar = tqdm(total=total, initial=step, desc=desc, disable=None if rank == 0 else True, leave=False)
     while step < total:
         if stop_after is not None and step >= stop_after:
             bar.close()
@@ -230,7 +237,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
             images = batch["image"].to(device, non_blocking=True)
             labels, methods = batch["label"].to(device), batch["method"].to(device)
             with autocast(device, cfg.train.amp):
-                loss, parts = model.training_loss(images, labels, methods)
+                loss, parts = loss_fn(images, labels, methods)
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}: lower optim.lr or check the data")
             (loss / accumulate).backward()
@@ -257,9 +264,11 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
             _log_prefixed(log, "val/", val, step)
             if value > best["value"]:
                 best = {"value": value, "step": step, "metrics": val}
-                checkpoint.save_atomic(model.checkpoint_state(), run_dir / BEST)
-            _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
-        elif step % cfg.train.checkpoint_every == 0:
+                if rank == 0:
+                    checkpoint.save_atomic(model.checkpoint_state(), run_dir / BEST)
+            if rank == 0:
+                _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
+        elif step % cfg.train.checkpoint_every == 0 and rank == 0:
             _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
     bar.close()
     return _final_tests(cfg, run_dir, model, evaluator, splits, best)
@@ -268,18 +277,23 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
 def _final_tests(
     cfg: RunConfig, run_dir: Path, model: Adapter, evaluator: Evaluator, splits: Splits, best: dict
 ) -> dict[str, float]:
+    main = distributed.is_main()
     results: dict[str, float] = {"params/trainable": model.num_trainable(), "params/total": _count(model)}
     for prefix, tag in (("last/", "last"), ("", "selected")):
         if tag == "selected":
             model.load_checkpoint_state(checkpoint.load(run_dir / BEST))
-        for name, frames in tqdm(splits.tests.items(), desc=f"test ({tag})", disable=None, leave=False):
+        for name, frames in tqdm(
+            splits.tests.items(), desc=f"test ({tag})", disable=None if main else True, leave=False
+        ):
             metrics, scores = evaluator.metrics(name, frames, bootstrap=cfg.eval.bootstrap)
-            write_scores(run_dir / "scores" / tag / f"{name}.csv", frames, scores)
+            if main:
+                write_scores(run_dir / "scores" / tag / f"{name}.csv", frames, scores)
             results.update({f"{prefix}{k}/{name}": v for k, v in metrics.items()})
     results.update({f"val/{k}": v for k, v in best["metrics"].items()})
     results["val/selected_step"] = best["step"]
-    results.update({f"diag/{k}": v for k, v in model.diagnostics(run_dir / "diagnostics").items()})
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    if main:
+        results.update({f"diag/{k}": v for k, v in model.diagnostics(run_dir / "diagnostics").items()})
+        (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     return results
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench import distributed
 from bench.adapter import Adapter
 from bench.config import ConfigError
 from bench.diagnostics import pairwise_angles, weight_report
@@ -197,7 +198,8 @@ class MASM(Adapter):
                     grads = [p.grad for p in layer.subspace_parameters(k)]
                     if self._active[k] and all(g is not None for g in grads):
                         self.grad_stats.update(layer_index, k, torch.cat([g.flatten() for g in grads]))
-        frozen = ~self.mask.cpu() | ~self._active[None, :]
+        active = distributed.any_across(self._active)  # every process must drop the same gradients
+        frozen = ~self.mask.cpu() | ~active[None, :]
         for layer_index, k in frozen.nonzero().tolist():
             for p in self.layers[layer_index].subspace_parameters(k):
                 p.grad = None
