@@ -104,7 +104,7 @@ def cell_state(cell: Cell, tracked: object | None) -> tuple[str, str]:
     held = claims.current(run_dir(cell))
     owner = held[1] if held else {}
     job = str(owner.get("job_id", ""))
-    if owner and not is_stale(owner):
+    if owner and not owner.get("released") and not is_stale(owner):
         if owner.get("launcher") == "slurm" and job:
             state = slurm_state(job, str(owner["folder"]))
             return ("pending" if state in ("PENDING", "REQUEUED") else "running"), f"job {job} ({state})"
@@ -112,4 +112,6 @@ def cell_state(cell: Cell, tracked: object | None) -> tuple[str, str]:
     if status == "FAILED":
         tags = getattr(getattr(tracked, "data", None), "tags", {})
         return "failed", (f"job {job}: " if job else "") + tags.get("failure_reason", "")
-    return "not started", f"job {job} ended" if job else ""
+    if job and owner.get("launcher") == "slurm":  # the job ended without the run saying how: killed, OOM, ...
+        return "failed", f"job {job} ended {slurm_state(job, str(owner['folder']))} before the run finished"
+    return "not started", ""

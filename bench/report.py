@@ -1,16 +1,27 @@
-"""The cross-dataset table: MLflow runs -> long results -> mean ± std over seeds per method and test set.
+"""The report: MLflow runs -> cross-dataset tables, the ablation table, published tables side by side, figures.
 
 Each run carries ``<metric>/<set>`` for the validation-selected checkpoint and ``last/<metric>/<set>`` for the last
 one; the set equal to ``params.data.train`` is in-domain, the others are cross-dataset. No test-selected checkpoint
-exists here, so none can be reported.
+exists here, so none can be reported. Score files (``scores/<checkpoint>/<set>.csv``) and diagnostics
+(``diagnostics/*.npz``) are run artifacts, downloaded only where a table or figure needs them.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy.stats import norm
+from scipy.stats import t as student_t
+
+from bench import figures
+from bench.metrics import delong_test
 
 METRICS = ("auc", "eer", "ap", "acc", "video_auc", "video_eer")
 LONG_COLUMNS = ["label", "seed", "train_set", "checkpoint", "test_set", "metric", "value"]
@@ -18,6 +29,23 @@ RUN_COLUMNS = {"tags.label": "label", "params.train.seed": "seed", "params.data.
 CHECKPOINT_NAMES = {"selected": "validation-selected checkpoint", "last": "last checkpoint"}
 FORMATS = ("text", "markdown", "latex")
 STATS = ("mean", "std", "n")
+REFERENCE = "masm"  # the full method; its ablations are the labels ``masm/*``
+ALPHA = 0.05
+PAPER_COLUMNS = {
+    "celebdf-v1": "CDF-v1",
+    "celebdf-v2": "CDF-v2",
+    "dfd": "DFD",
+    "dfdc": "DFDC",
+    "dfdcp": "DFDCP",
+    "deeperforensics": "DFo",
+    "wilddeepfake": "WDF",
+    "ffiw": "FFIW",
+}
+PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results" / "published"
+PUBLISHED_TABLES = {"effort-table1": "Effort, Table 1", "deepfakebench-v1": "DeepfakeBench v1"}
+PUBLISHED_AS = {"effort": "Effort"}  # our label -> the method's name in published tables
+DRIFT = "metrics.diag/drift_mean"
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def _parse_metric(column: str) -> tuple[str, str, str] | None:
@@ -65,15 +93,15 @@ def collect(runs: pd.DataFrame) -> pd.DataFrame:
     return long.astype({"seed": int, "value": float})[LONG_COLUMNS].reset_index(drop=True)
 
 
-def cross_dataset_table(long: pd.DataFrame, metric: str = "auc", checkpoint: str = "selected") -> pd.DataFrame:
-    """Mean, sample std and number of seeds per label (rows) and test set (columns).
+def in_domain(test_set: str) -> str:
+    """The column name of the in-domain test set."""
+    return f"{test_set} (in-domain)"
 
-    Columns are the in-domain set first (named ``"<set> (in-domain)"``), the cross-dataset sets, then ``avg``: the
-    mean over cross-dataset sets only, computed per seed (seeds missing a set are left out) and then summarised
-    over seeds like the other columns.
 
-    Returns:
-        A frame indexed by label with two-level columns ``(column, "mean" | "std" | "n")``.
+def per_seed_table(long: pd.DataFrame, metric: str = "auc", checkpoint: str = "selected") -> pd.DataFrame:
+    """One value per ``(label, seed)`` row and column: the in-domain set, the cross-dataset sets, then ``avg``.
+
+    ``avg`` is the mean over the cross-dataset sets only (NaN when the seed misses one).
     """
     rows = long[(long["metric"] == metric) & (long["checkpoint"] == checkpoint)]
     if rows.empty:
@@ -84,11 +112,28 @@ def cross_dataset_table(long: pd.DataFrame, metric: str = "auc", checkpoint: str
     per_seed = rows.pivot(index=["label", "seed"], columns="test_set", values="value")
     cross = sorted(set(per_seed.columns) - set(train_sets))
     per_seed["avg"] = per_seed[cross].mean(axis=1, skipna=False)
-    per_seed = per_seed.rename(columns={train_sets[0]: f"{train_sets[0]} (in-domain)"})
-    order = [c for c in per_seed.columns if c.endswith("(in-domain)")] + cross + ["avg"]
+    per_seed = per_seed.rename(columns={train_sets[0]: in_domain(train_sets[0])})
+    return per_seed[[c for c in per_seed.columns if c.endswith("(in-domain)")] + cross + ["avg"]]
+
+
+def _summary(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std and count over seeds per label: columns ``(column, "mean" | "std" | "n")``."""
     by_label = per_seed.groupby(level="label")
     stats = pd.concat({"mean": by_label.mean(), "std": by_label.std(ddof=1), "n": by_label.count()}, axis=1)
-    return stats.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([order, STATS]))
+    return stats.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([list(per_seed.columns), STATS]))
+
+
+def cross_dataset_table(long: pd.DataFrame, metric: str = "auc", checkpoint: str = "selected") -> pd.DataFrame:
+    """Mean, sample std and number of seeds per label (rows) and test set (columns).
+
+    Columns are the in-domain set first (named ``"<set> (in-domain)"``), the cross-dataset sets, then ``avg``: the
+    mean over cross-dataset sets only, computed per seed (seeds missing a set are left out) and then summarised
+    over seeds like the other columns.
+
+    Returns:
+        A frame indexed by label with two-level columns ``(column, "mean" | "std" | "n")``.
+    """
+    return _summary(per_seed_table(long, metric, checkpoint))
 
 
 def _cell(stats: pd.Series, latex: bool) -> str:
@@ -120,17 +165,16 @@ def _grid(table: pd.DataFrame, latex: bool) -> list[list[str]]:
     return [[escape(c) for c in ["method", *columns, "seeds"]], *rows]
 
 
-def format_table(table: pd.DataFrame, fmt: str) -> str:
-    """A :func:`cross_dataset_table` as aligned ``text``, a ``markdown`` pipe table or a ``latex`` booktabs tabular."""
+def _render(grid: list[list[str]], fmt: str) -> str:
+    """Header and rows of ready cells as aligned ``text``, a ``markdown`` pipe table or a ``latex`` tabular."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format '{fmt}': choose one of {list(FORMATS)}")
     if fmt == "latex":
-        header, *rows = _grid(table, latex=True)
+        header, *rows = grid
         lines = [" & ".join(row) + r" \\" for row in rows]
         spec = "l" + "r" * (len(header) - 1)
         head = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
         return "\n".join([*head, *lines, r"\bottomrule", r"\end{tabular}"])
-    grid = _grid(table, latex=False)
     if fmt == "markdown":
         rule = ["---", *["---:"] * (len(grid[0]) - 1)]
         return "\n".join("| " + " | ".join(row) + " |" for row in [grid[0], rule, *grid[1:]])
@@ -142,6 +186,13 @@ def format_table(table: pd.DataFrame, fmt: str) -> str:
         for row in grid
     ]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def format_table(table: pd.DataFrame, fmt: str) -> str:
+    """A :func:`cross_dataset_table` as aligned ``text``, a ``markdown`` pipe table or a ``latex`` booktabs tabular."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format '{fmt}': choose one of {list(FORMATS)}")
+    return _render(_grid(table, latex=fmt == "latex"), fmt)
 
 
 def heatmap(table: pd.DataFrame, out: Path, title: str) -> Path:
@@ -160,6 +211,402 @@ def heatmap(table: pd.DataFrame, out: Path, title: str) -> Path:
     return out
 
 
+def run_index(runs: pd.DataFrame) -> pd.DataFrame:
+    """``label, seed, train_set, run_id`` (and ``drift``, the mean semantic drift, when logged) of the finished runs."""
+    runs = _finished(runs)
+    columns = {**RUN_COLUMNS, "run_id": "run_id", **({DRIFT: "drift"} if DRIFT in runs else {})}
+    return runs.rename(columns=columns)[list(columns.values())].astype({"seed": int}).reset_index(drop=True)
+
+
+def run_ids(index: pd.DataFrame, first_seed: bool = False) -> dict[tuple[str, int], str]:
+    """``(label, seed) -> run id`` of the rows of a :func:`run_index`; only each label's lowest seed if asked."""
+    if first_seed:
+        index = index.sort_values("seed", kind="stable").drop_duplicates("label")
+    return dict(zip(zip(index["label"], index["seed"], strict=True), index["run_id"], strict=True))
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """MLflow's download progress bars switched off inside (they would clutter the printed report)."""
+    previous = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_BAR, None)
+        else:
+            os.environ[PROGRESS_BAR] = previous
+
+
+class Artifacts:
+    """Run artifacts, each downloaded on first use into a scratch folder; a missing artifact is ``None``."""
+
+    def __init__(self, tracking_uri: str, scratch: Path) -> None:
+        import mlflow
+
+        self.client = mlflow.MlflowClient(tracking_uri)
+        self.scratch = scratch
+        self._listed: dict[tuple[str, str], set[str]] = {}
+
+    def get(self, run_id: str, path: str) -> Path | None:
+        """The local copy of the artifact ``path`` of a run (e.g. ``scores/selected/x.csv``), or None."""
+        folder = path.rpartition("/")[0]
+        if (run_id, folder) not in self._listed:
+            self._listed[run_id, folder] = {f.path for f in self.client.list_artifacts(run_id, folder or None)}
+        if path not in self._listed[run_id, folder]:
+            return None
+        local = self.scratch / run_id / path
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with _quiet_downloads():
+                self.client.download_artifacts(run_id, path, str(local.parent))
+        return local
+
+    def scores(self, run_id: str, test_set: str, checkpoint: str = "selected") -> pd.DataFrame | None:
+        """The per-frame scores ``video, label, method, score, path`` of one test set, or None."""
+        local = self.get(run_id, f"scores/{checkpoint}/{test_set}.csv")
+        return None if local is None else pd.read_csv(local, dtype={"video": str, "method": str, "path": str})
+
+    def arrays(self, run_id: str, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays of ``diagnostics/<name>`` (an ``.npz``), or None."""
+        local = self.get(run_id, f"diagnostics/{name}")
+        if local is None:
+            return None
+        with np.load(local) as npz:
+            return {key: npz[key] for key in npz.files}
+
+
+def _test_sets(long: pd.DataFrame, label: str, seed: int) -> list[str]:
+    """The test sets with an AUC of the selected checkpoint for one run."""
+    rows = long[(long["label"] == label) & (long["seed"] == seed)]
+    return sorted(rows.loc[(rows["metric"] == "auc") & (rows["checkpoint"] == "selected"), "test_set"].unique())
+
+
+def ablation_labels(labels: Sequence[str], reference: str = REFERENCE) -> list[str]:
+    """The reference then its ablations ``<reference>/*`` (sorted); empty without the reference or any ablation."""
+    ablations = sorted(label for label in labels if label.startswith(f"{reference}/"))
+    return [reference, *ablations] if reference in labels and ablations else []
+
+
+def paired_delong(reference: pd.DataFrame, other: pd.DataFrame) -> tuple[float, float, float]:
+    """DeLong's test of two score files of the same frames: ``(auc_reference, auc_other, p)``.
+
+    Raises:
+        ValueError: the files do not list the same frames (``path``) in the same order, so nothing pairs them.
+    """
+    if not reference["path"].reset_index(drop=True).equals(other["path"].reset_index(drop=True)):
+        raise ValueError("score files to compare list different frames: were both runs tested on the same card data?")
+    return delong_test(reference["label"].to_numpy(), reference["score"].to_numpy(), other["score"].to_numpy())
+
+
+def stouffer(differences: Sequence[float], pvalues: Sequence[float]) -> float:
+    """Two-sided p of Stouffer's combination of signed two-sided tests: ``z_i = sign(d_i) Φ⁻¹(1 - p_i/2)``.
+
+    ``Z = Σ z_i / √n``; a p of 0 is clipped to the smallest positive float so that z stays finite.
+    """
+    p = np.clip(np.asarray(pvalues, dtype=float), np.finfo(float).tiny, 1.0)
+    z = np.sign(np.asarray(differences, dtype=float)) * norm.isf(p / 2)
+    return float(2 * norm.sf(abs(z.sum()) / math.sqrt(len(z))))
+
+
+def ablation_pvalues(scores: Mapping[tuple[str, int, str], pd.DataFrame], reference: str = REFERENCE) -> pd.DataFrame:
+    """DeLong's test of each label against the reference per seed and test set, combined over seeds by Stouffer.
+
+    Args:
+        scores: score frames of the selected checkpoint keyed ``(label, seed, test_set)``; a seed counts where both
+            the label and the reference have it.
+        reference: the label every other label is compared with.
+
+    Returns:
+        Columns ``label, test_set, p, seeds``.
+    """
+    rows = []
+    for (label, seed, test_set), frame in scores.items():
+        base = scores.get((reference, seed, test_set))
+        if label != reference and base is not None:
+            auc_base, auc, p = paired_delong(base, frame)
+            rows.append((label, test_set, auc - auc_base, p))
+    per_seed = pd.DataFrame(rows, columns=["label", "test_set", "difference", "p"])
+    combined = [
+        (label, test_set, stouffer(group["difference"], group["p"]), len(group))
+        for (label, test_set), group in per_seed.groupby(["label", "test_set"])
+    ]
+    return pd.DataFrame(combined, columns=["label", "test_set", "p", "seeds"])
+
+
+def ablation_table(long: pd.DataFrame, pvalues: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    """AUC of the reference and its ablations (selected checkpoint) with the change against the reference.
+
+    Returns:
+        A tidy frame, one row per label and column of :func:`cross_dataset_table`: ``label, column, mean, std, n,
+        delta`` (mean minus the reference's mean), ``p`` (from :func:`ablation_pvalues`; NaN for ``avg``, the
+        reference and untested cells) and ``significant`` (``p < ALPHA``).
+    """
+    labels = ablation_labels(long["label"].unique(), reference)
+    stats = cross_dataset_table(long[long["label"].isin(labels)])
+    columns = list(dict.fromkeys(stats.columns.get_level_values(0)))
+    tidy = stats.stack(level=0)[list(STATS)]
+    tidy = tidy.reindex(pd.MultiIndex.from_product([labels, columns], names=["label", "column"])).reset_index()
+    base = tidy[tidy["label"] == reference].set_index("column")["mean"]
+    tidy["delta"] = tidy["mean"] - tidy["column"].map(base)
+    train_set = long["train_set"].iloc[0]
+    named = pvalues.assign(column=[in_domain(s) if s == train_set else s for s in pvalues["test_set"]])
+    tidy = tidy.merge(named[["label", "column", "p"]], on=["label", "column"], how="left")
+    tidy["significant"] = tidy["p"] < ALPHA
+    return tidy
+
+
+def _p_cell(p: float) -> str:
+    """A p-value: three decimals, scientific below 0.001, a dash when missing."""
+    if math.isnan(p):
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _change_cell(row: pd.Series, latex: bool) -> str:
+    """``mean ± std (+0.012*)``: the change against the reference, starred when significant."""
+    if math.isnan(row["delta"]):
+        return _cell(row, latex)
+    star = ("^{*}" if latex else "*") if row["significant"] else ""
+    change = f"${row['delta']:+.3f}{star}$" if latex else f"{row['delta']:+.3f}{star}"
+    return f"{_cell(row, latex)} ({change})"
+
+
+def format_ablation(tidy: pd.DataFrame, fmt: str) -> tuple[str, str]:
+    """An :func:`ablation_table` as two tables: mean ± std with the change per cell, and the p-values per test set."""
+    latex = fmt == "latex"
+    escape = _latex_escape if latex else str
+    columns = list(dict.fromkeys(tidy["column"]))
+    by_label = {label: rows.set_index("column") for label, rows in tidy.groupby("label", sort=False)}
+    means = [[escape(c) for c in ["method", *columns, "seeds"]]]
+    pvalues = [[escape(c) for c in ["method", *columns[:-1]]]]
+    for i, (label, rows) in enumerate(by_label.items()):
+        cell = _cell if i == 0 else _change_cell  # the first label is the reference
+        means.append([escape(label), *[cell(rows.loc[c], latex) for c in columns], str(int(rows["n"].max()))])
+        if i:
+            pvalues.append([escape(label), *[_p_cell(float(rows.loc[c, "p"])) for c in columns[:-1]]])
+    return _render(means, fmt), _render(pvalues, fmt)
+
+
+def load_published(path: Path) -> pd.DataFrame:
+    """A published table: ``method``, its test-set columns (paper names), optional ``avg``, ``note`` and ``source``."""
+    return pd.read_csv(path)
+
+
+def paper_table(
+    long: pd.DataFrame, published: pd.DataFrame, published_as: Mapping[str, str] = PUBLISHED_AS
+) -> pd.DataFrame:
+    """Our frame AUCs (selected checkpoint) in a published table's layout, beside its rows.
+
+    Columns are the published test sets our test sets cover (cards named by :data:`PAPER_COLUMNS`), in the paper's
+    order, then ``avg``: the published average where we cover all its sets, else the mean over the covered ones
+    (ours per seed, then over seeds). For each ``published_as`` pair present in both, a difference row (ours - theirs).
+
+    Returns:
+        A tidy frame ``kind ("published" | "ours" | "difference"), method, column, mean, std, n``; empty when no
+        test set maps to a column of ``published``.
+    """
+    auc = long[(long["metric"] == "auc") & (long["checkpoint"] == "selected")]
+    auc = auc.assign(column=auc["test_set"].map(PAPER_COLUMNS)).dropna(subset=["column"])
+    sets = [c for c in published.columns if c in PAPER_COLUMNS.values()]
+    columns = [c for c in sets if c in set(auc["column"])]
+    if not columns:
+        return pd.DataFrame(columns=["kind", "method", "column", *STATS])
+    per_seed = auc.pivot(index=["label", "seed"], columns="column", values="value")[columns]
+    per_seed["avg"] = per_seed.mean(axis=1, skipna=False)
+    ours = _summary(per_seed).stack(level=0)[list(STATS)].rename_axis(["method", "column"]).reset_index()
+    theirs = published.set_index("method")[columns]
+    full = columns == sets and "avg" in published
+    theirs["avg"] = published.set_index("method")["avg"] if full else theirs.mean(axis=1)
+    theirs = theirs.stack().rename("mean").rename_axis(["method", "column"]).reset_index()
+    parts = [theirs.assign(kind="published", n=1), ours.assign(kind="ours")]
+    for label, name in published_as.items():
+        mine, other = (frame[frame["method"] == key] for frame, key in ((ours, label), (theirs, name)))
+        if len(mine) and len(other):
+            change = mine.set_index("column")["mean"] - other.set_index("column")["mean"]
+            parts.append(change.reset_index().assign(kind="difference", method=f"{label} - {name}", n=1))
+    return pd.concat(parts, ignore_index=True)[["kind", "method", "column", *STATS]]
+
+
+def format_paper(tidy: pd.DataFrame, fmt: str) -> str:
+    """A :func:`paper_table`: published rows as printed, ours as mean ± std over seeds, differences signed."""
+    latex = fmt == "latex"
+    escape = _latex_escape if latex else str
+    columns = list(dict.fromkeys(tidy["column"]))
+    grid = [[escape(c) for c in ["method", *columns]]]
+    for (kind, method), rows in tidy.groupby(["kind", "method"], sort=False):
+        rows = rows.set_index("column")
+        name = f"{method} (ours)" if kind == "ours" else method
+        cells = [_paper_cell(kind, rows.loc[c], latex) for c in columns]
+        grid.append([escape(name), *cells])
+    return _render(grid, fmt)
+
+
+def _paper_cell(kind: str, row: pd.Series, latex: bool) -> str:
+    """One cell of :func:`format_paper`."""
+    if kind == "ours":
+        return _cell(row, latex)
+    if math.isnan(row["mean"]):
+        return "--" if latex else "–"
+    text = f"{row['mean']:+.3f}" if kind == "difference" else f"{row['mean']:.3f}"
+    return f"${text}$" if latex else text
+
+
+def _write_tables(stem: Path, tidy: pd.DataFrame, tables: Sequence[str]) -> None:
+    """``<stem>.csv`` (the tidy frame) and ``<stem>.tex`` (the LaTeX tables, one after the other)."""
+    tidy.to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".tex").write_text("\n\n".join(tables) + "\n")
+
+
+def _score_frames(
+    long: pd.DataFrame, runs: Mapping[tuple[str, int], str], artifacts: Artifacts
+) -> dict[tuple[str, int, str], pd.DataFrame]:
+    """Selected-checkpoint scores of the given ``(label, seed) -> run id`` runs, keyed ``(label, seed, test_set)``."""
+    frames = {}
+    for (label, seed), run_id in runs.items():
+        for test_set in _test_sets(long, label, seed):
+            if (frame := artifacts.scores(run_id, test_set)) is not None:
+                frames[label, seed, test_set] = frame
+    return frames
+
+
+def _ablation_section(long: pd.DataFrame, index: pd.DataFrame, artifacts: Artifacts, out_dir: Path) -> list[str]:
+    """The ablation tables (``ablation.csv``, ``.tex``) and their report section; nothing without ablations."""
+    labels = ablation_labels(long["label"].unique())
+    if not labels:
+        return []
+    runs = run_ids(index[index["label"].isin(labels)])
+    tidy = ablation_table(long, ablation_pvalues(_score_frames(long, runs, artifacts)))
+    _write_tables(out_dir / "ablation", tidy, format_ablation(tidy, "latex"))
+    means, pvalues = format_ablation(tidy, "markdown")
+    return [
+        "",
+        f"## Ablations of `{REFERENCE}` (AUC, validation-selected checkpoint)",
+        "",
+        f"Cells: mean ± std over seeds and, in brackets, the change of the mean against `{REFERENCE}`; `*` marks"
+        f" p < {ALPHA}. p: DeLong's test of the two frame AUCs on the same frames per seed, combined over the seeds"
+        " both have by Stouffer's method (z signed by the AUC difference). Frames of one video are correlated and"
+        " seeds share the test frames, which both make p optimistic.",
+        "",
+        means,
+        "",
+        "p-values",
+        "",
+        pvalues,
+    ]
+
+
+def _paper_sections(
+    long: pd.DataFrame, out_dir: Path, published_dir: Path, published_as: Mapping[str, str]
+) -> list[str]:
+    """One table per published source whose test sets we cover (``paper_<name>.csv``, ``.tex``) and its section."""
+    lines = []
+    train_sets = ", ".join(f"`{s}`" for s in sorted(long["train_set"].unique()))
+    for name, title in PUBLISHED_TABLES.items():
+        path = published_dir / f"{name}.csv"
+        if not path.is_file():
+            continue
+        published = load_published(path)
+        tidy = paper_table(long, published, published_as)
+        if tidy.empty:
+            continue
+        _write_tables(out_dir / f"paper_{name}", tidy, [format_paper(tidy, "latex")])
+        lines += [
+            "",
+            f"## Beside {title}",
+            "",
+            f"Frame AUC of the validation-selected checkpoint, ours trained on {train_sets}; published rows from"
+            f" {published['source'].iloc[0]}. `avg` is the published one where we cover all its test sets, else the"
+            " mean over the columns shown.",
+            "",
+            format_paper(tidy, "markdown"),
+        ]
+    return lines
+
+
+def seed_interval(values: pd.Series, level: float = 0.95) -> tuple[float, float]:
+    """``level`` confidence interval of the mean over seeds (Student's t on the sample std); NaNs below two seeds."""
+    n = int(values.count())
+    if n < 2:
+        return math.nan, math.nan
+    half = float(student_t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return float(values.mean()) - half, float(values.mean()) + half
+
+
+def _ablation_figure(long: pd.DataFrame, out: Path) -> Path | None:
+    """Bars of the reference's and its ablations' cross-dataset AUC with 95% t-intervals over seeds."""
+    labels = ablation_labels(long["label"].unique())
+    if not labels:
+        return None
+    avg = per_seed_table(long[long["label"].isin(labels)])["avg"].dropna()
+    bars = [(label, avg[label].mean(), *seed_interval(avg[label])) for label in labels if label in avg.index]
+    return figures.ablation_bars(pd.DataFrame(bars, columns=["label", "mean", "lo", "hi"]), out, REFERENCE)
+
+
+def _drift_figure(long: pd.DataFrame, index: pd.DataFrame, out: Path) -> Path | None:
+    """Mean semantic drift against cross-dataset AUC per label, for the labels that logged a drift."""
+    if "drift" not in index:
+        return None
+    drift = index.dropna(subset=["drift"]).groupby("label")["drift"].agg(["mean", "std"])
+    auc = per_seed_table(long)["avg"].dropna().groupby(level="label").agg(["mean", "std"])
+    points = drift.add_prefix("drift_").join(auc.add_prefix("auc_"), how="inner")
+    if points.empty:
+        return None
+    return figures.drift_scatter(points.rename_axis("label").reset_index(), out)
+
+
+def _mask_figure(first: Mapping[tuple[str, int], str], artifacts: Artifacts, out: Path) -> Path | None:
+    """The mask history of the first seed of each label that logged one."""
+    histories = {label: a for (label, _), run in first.items() if (a := artifacts.arrays(run, "mask_history.npz"))}
+    return figures.mask_heatmap(histories, out) if histories else None
+
+
+def _spectra_figure(first: Mapping[tuple[str, int], str], artifacts: Artifacts, out: Path) -> Path | None:
+    """Spectra before and after training of the first seed of each label that logged them (the SVD methods)."""
+    spectra = {label: a for (label, _), run in first.items() if (a := artifacts.arrays(run, "spectra.npz"))}
+    return figures.spectra_plot(spectra, out) if spectra else None
+
+
+def _roc_figure(
+    long: pd.DataFrame, first: Mapping[tuple[str, int], str], artifacts: Artifacts, out: Path
+) -> Path | None:
+    """ROC curves per test set (in-domain first) of the first seed of each label."""
+    train_set = long["train_set"].iloc[0]
+    curves: dict[str, dict[str, pd.DataFrame]] = {}
+    frames = _score_frames(long, first, artifacts)
+    for key in sorted(frames, key=lambda key: (key[2] != train_set, key[2], key[0])):  # in-domain first
+        label, _, test_set = key
+        curves.setdefault(in_domain(test_set) if test_set == train_set else test_set, {})[label] = frames[key]
+    return figures.roc_curves(curves, out) if curves else None
+
+
+FIGURES = {
+    "roc.png": "ROC curves per test set (first seed of each method, validation-selected checkpoint)",
+    "ablation_bars.png": f"Cross-dataset AUC of `{REFERENCE}` and its ablations, 95% t-intervals over seeds",
+    "drift_vs_auc.png": "Semantic drift against cross-dataset AUC (mean ± std over seeds)",
+    "spectra.png": "Singular values before and after training, first, middle and last target layer (first seed)",
+    "mask_history.png": "Selective layer mask over training (first seed; dark = frozen)",
+}
+
+
+def _figure_section(long: pd.DataFrame, index: pd.DataFrame, artifacts: Artifacts, out_dir: Path) -> list[str]:
+    """Draw the figures whose inputs exist and return their report section."""
+    first = run_ids(index, first_seed=True)
+    drawn = [
+        _roc_figure(long, first, artifacts, out_dir / "roc.png"),
+        _ablation_figure(long, out_dir / "ablation_bars.png"),
+        _drift_figure(long, index, out_dir / "drift_vs_auc.png"),
+        _spectra_figure(first, artifacts, out_dir / "spectra.png"),
+        _mask_figure(first, artifacts, out_dir / "mask_history.png"),
+    ]
+    lines = []
+    for path in drawn:
+        if path is not None:
+            lines += ["", f"{FIGURES[path.name]}:", "", f"![{FIGURES[path.name]}]({path.name})"]
+    return ["", "## Figures", *lines] if lines else []
+
+
 def _search_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
     """``mlflow.search_runs`` of one experiment at ``tracking_uri``; the global tracking URI is left as it was."""
     import mlflow
@@ -174,8 +621,27 @@ def _search_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
         mlflow.set_tracking_uri(previous)
 
 
-def write_report(experiment: str, tracking_uri: str, out_dir: Path) -> str:
-    """Write AUC and EER tables of both checkpoints as ``report.md``, ``.csv``, ``.tex`` and ``auc_heatmap.png``.
+def write_report(
+    experiment: str,
+    tracking_uri: str,
+    out_dir: Path,
+    *,
+    published_dir: Path = PUBLISHED_DIR,
+    published_as: Mapping[str, str] = PUBLISHED_AS,
+) -> str:
+    """Write the report of an experiment into ``out_dir``: ``report.md`` with its tables and figures.
+
+    Always: AUC and EER tables of both checkpoints (``<metric>_<checkpoint>.csv``, ``.tex``) and ``auc_heatmap.png``.
+    Where the experiment has what they need: the ablation table of ``masm`` (``ablation.csv``, ``.tex``), our runs
+    beside the published tables of ``published_dir`` (``paper_<name>.csv``, ``.tex``) and the figures of
+    :mod:`bench.figures`. Run artifacts are downloaded only for these, into a temporary folder.
+
+    Args:
+        experiment: the MLflow experiment.
+        tracking_uri: its tracking URI.
+        out_dir: the folder written.
+        published_dir: where ``<name>.csv`` of :data:`PUBLISHED_TABLES` are.
+        published_as: our label -> the same method's name in published tables (adds a difference row).
 
     Returns:
         The text to print: the AUC and EER tables of the validation-selected checkpoint.
@@ -183,7 +649,8 @@ def write_report(experiment: str, tracking_uri: str, out_dir: Path) -> str:
     Raises:
         ValueError: the experiment does not exist or has no finished runs.
     """
-    long = collect(_search_runs(experiment, tracking_uri))
+    runs = _search_runs(experiment, tracking_uri)
+    long = collect(runs)
     if long.empty:
         raise ValueError(f"MLflow experiment '{experiment}' at {tracking_uri} has no finished runs with test metrics")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,6 +676,12 @@ def write_report(experiment: str, tracking_uri: str, out_dir: Path) -> str:
                 printed.append(f"{metric.upper()} ({name})\n{format_table(table, 'text')}")
             if (metric, checkpoint) == ("auc", "selected"):
                 heatmap(table, out_dir / "auc_heatmap.png", f"{experiment}: AUC, {name}")
-    markdown += ["", "![AUC, validation-selected checkpoint](auc_heatmap.png)", ""]
-    (out_dir / "report.md").write_text("\n".join(markdown))
+    markdown += ["", "![AUC, validation-selected checkpoint](auc_heatmap.png)"]
+    index = run_index(runs)
+    with tempfile.TemporaryDirectory(prefix="bench-report-") as scratch:
+        artifacts = Artifacts(tracking_uri, Path(scratch))
+        markdown += _ablation_section(long, index, artifacts, out_dir)
+        markdown += _paper_sections(long, out_dir, published_dir, published_as)
+        markdown += _figure_section(long, index, artifacts, out_dir)
+    (out_dir / "report.md").write_text("\n".join([*markdown, ""]))
     return "\n\n".join(printed)

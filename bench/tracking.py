@@ -40,7 +40,15 @@ def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name) if create else None
+    return client.create_experiment(name, artifact_location=_artifact_location(uri, name)) if create else None
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of an embedded sqlite store go beside it (``mlartifacts/``), not into the working directory;
+    a server decides for itself (``None``)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
 def runs_by_hash(uri: str, experiment: str) -> dict[str, Any]:
