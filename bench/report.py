@@ -289,15 +289,24 @@ def ablation_labels(labels: Sequence[str], reference: str = REFERENCE) -> list[s
     return [reference, *ablations] if reference in labels and ablations else []
 
 
+def video_scores(frames: pd.DataFrame) -> pd.DataFrame:
+    """One row per video (sorted by id): its label and the mean score of its frames."""
+    return frames.groupby("video", sort=True).agg(label=("label", "first"), score=("score", "mean"))
+
+
 def paired_delong(reference: pd.DataFrame, other: pd.DataFrame) -> tuple[float, float, float]:
-    """DeLong's test of two score files of the same frames: ``(auc_reference, auc_other, p)``.
+    """DeLong's test of two score files of the same frames, on video-level scores: ``(auc_ref, auc_other, p)``.
+
+    Frames of one video are not independent samples, so the test pairs videos (mean frame score), not frames;
+    the AUCs returned are video AUCs.
 
     Raises:
         ValueError: the files do not list the same frames (``path``) in the same order, so nothing pairs them.
     """
     if not reference["path"].reset_index(drop=True).equals(other["path"].reset_index(drop=True)):
         raise ValueError("score files to compare list different frames: were both runs tested on the same card data?")
-    return delong_test(reference["label"].to_numpy(), reference["score"].to_numpy(), other["score"].to_numpy())
+    ref, oth = video_scores(reference), video_scores(other)
+    return delong_test(ref["label"].to_numpy(), ref["score"].to_numpy(), oth["score"].to_numpy())
 
 
 def stouffer(differences: Sequence[float], pvalues: Sequence[float]) -> float:
@@ -485,9 +494,9 @@ def _ablation_section(long: pd.DataFrame, index: pd.DataFrame, artifacts: Artifa
         f"## Ablations of `{REFERENCE}` (AUC, validation-selected checkpoint)",
         "",
         f"Cells: mean ± std over seeds and, in brackets, the change of the mean against `{REFERENCE}`; `*` marks"
-        f" p < {ALPHA}. p: DeLong's test of the two frame AUCs on the same frames per seed, combined over the seeds"
-        " both have by Stouffer's method (z signed by the AUC difference). Frames of one video are correlated and"
-        " seeds share the test frames, which both make p optimistic.",
+        f" p < {ALPHA}. p: DeLong's test of the two video AUCs (mean frame score per video: frames of one video are"
+        " not independent) on the same videos per seed, combined over the seeds both have by Stouffer's method"
+        " (z signed by the AUC difference). Seeds share the test videos, which makes p somewhat optimistic.",
         "",
         means,
         "",

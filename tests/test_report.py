@@ -21,6 +21,7 @@ from bench.report import (
     paired_delong,
     paper_table,
     stouffer,
+    video_scores,
     write_report,
 )
 
@@ -277,6 +278,7 @@ def _stouffer_by_hand(card: str) -> float:
     z = []
     for seed in SEEDS:
         full, ablated = _scores("masm", seed, card), _scores("masm/no-mask", seed, card)
+        full, ablated = video_scores(full), video_scores(ablated)
         auc_full, auc_ablated, p = delong_test(full["label"], full["score"], ablated["score"])
         z.append(np.sign(auc_ablated - auc_full) * norm.isf(p / 2))
     return float(2 * norm.sf(abs(sum(z)) / math.sqrt(len(z))))
@@ -348,7 +350,9 @@ def test_paper_table_uses_the_published_average_when_every_set_is_covered() -> N
 def test_paired_delong_needs_the_same_frames_and_stouffer_keeps_one_p() -> None:
     a, b = _scores("masm", 0, "dfd"), _scores("masm/no-mask", 0, "dfd")
     auc_a, auc_b, p = paired_delong(a, b)
-    assert (auc_a, auc_b, p) == delong_test(a["label"], a["score"], b["score"])
+    va, vb = video_scores(a), video_scores(b)
+    assert len(va) == len(a) // 4  # four frames per video: the test pairs videos
+    assert (auc_a, auc_b, p) == delong_test(va["label"], va["score"], vb["score"])
     with pytest.raises(ValueError, match="list different frames"):
         paired_delong(a, b.iloc[::-1])
     assert stouffer([-0.1], [0.03]) == pytest.approx(0.03)
