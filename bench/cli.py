@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished")
     grid.add_argument("--no-report", action="store_true", help="skip the report at the end")
     grid.add_argument("--launcher", choices=("local", "debug", "slurm"), help="overrides launch.launcher")
+    grid.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (default: the grid's)")
     _add_sets(grid)
 
     status = sub.add_parser("status", help="each cell's state: finished, failed, running, pending, not started")
@@ -72,6 +73,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
     name = args.grid_opt or args.grid_pos or "smoke"
     spec = load_grid(name)
+    if args.seeds:
+        spec.seeds = args.seeds
     sets = [*args.sets, *([f"launch.launcher={args.launcher}"] if args.launcher else [])]
     cells = expand(spec, sets, where=name)
     for cell in cells:

@@ -52,6 +52,9 @@ def test_dry_run_lists_cells(tmp_path: Path, tiny_cards, tracking_uri, capsys) -
     assert main(["grid", str(_grid(tmp_path, tiny_cards, tracking_uri)), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all(line.startswith("todo") for line in lines)
+    assert main(["grid", str(_grid(tmp_path, tiny_cards, tracking_uri)), "--dry-run", "--seeds", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.endswith("seed=1") for line in lines)
 
 
 @pytest.mark.parametrize(
