@@ -16,6 +16,8 @@ TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the pair that installs on th
 def _install(session: nox.Session, *extras: str) -> None:
     session.install(*TORCH)
     session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+    # MTCNN face detection for `bench data prepare`; its metadata pins an old torch, so without its dependencies
+    session.install("--no-deps", "facenet-pytorch>=2.5")
 
 
 @nox.session(python=PYTHON)

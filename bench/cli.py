@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.config import ConfigError
+from bench.data.commands import add_data_commands
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data set tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
+    add_data_commands(data_sub)
     preview = data_sub.add_parser("preview", help="write a PNG grid of real and fake samples per method")
     preview.add_argument("card")
     preview.add_argument("--split", default="test")
@@ -228,6 +230,8 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if getattr(args, "data_handler", None):
+        return args.data_handler(args)
     from bench.data.cards import load_card
     from bench.data.catalog import split_frames
     from bench.data.preview import preview

@@ -58,8 +58,9 @@ class DataConfig:
         test: cards evaluated at the end (a card with a test split; the training card's own is in-domain).
         root: where data lives and where generated data is written.
         frames_per_video: evenly spaced frames taken per video (train and test).
-        workers: DataLoader worker processes.
+        workers: DataLoader worker processes (frames are decoded there).
         balanced: each training batch holds reals and fakes of every forgery method in equal shares.
+        max_bad_fraction: unreadable frames of a split are skipped and counted; past this fraction the run fails.
     """
 
     train: str = "offline-ff"
@@ -70,6 +71,11 @@ class DataConfig:
     frames_per_video: int = 8
     workers: int = 2
     balanced: bool = True
+    max_bad_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
 
 
 @dataclass
@@ -133,14 +139,27 @@ class EvalConfig:
         batch_size: images per evaluation batch.
         select_metric: validation metric that picks the kept checkpoint (higher is better).
         bootstrap: resamples for the 95% confidence intervals (0 switches them off).
+        perturbations: test-time perturbations for the robustness table, e.g. ``["jpeg:1..5", "blur:3", "noise"]``
+            (a bare kind is all its levels; kinds and levels in :mod:`bench.data.perturb`).
     """
 
     batch_size: int = 64
     select_metric: str = "auc"
     bootstrap: int = 200
+    perturbations: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _choice("eval.select_metric", self.select_metric, ("auc", "ap", "acc", "video_auc"))
+        self.perturbation_levels()
+
+    def perturbation_levels(self) -> list[tuple[str, int]]:
+        """The configured ``(kind, level)`` pairs, in order."""
+        from bench.data.perturb import parse_perturbations
+
+        try:
+            return parse_perturbations(self.perturbations)
+        except ValueError as err:
+            raise ConfigError(f"eval.perturbations: {err}") from None
 
 
 @dataclass
@@ -201,6 +220,7 @@ class RunConfig:
         for section in ("tracking", "launch"):
             d.pop(section)
         d["data"].pop("workers")
+        d["data"].pop("max_bad_fraction")
         d["train"].pop("log_every")
         d["train"].pop("checkpoint_every")
         blob = json.dumps(d, sort_keys=True, default=str).encode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -616,6 +617,41 @@ def _figure_section(long: pd.DataFrame, index: pd.DataFrame, artifacts: Artifact
     return ["", "## Figures", *lines] if lines else []
 
 
+def robustness_table(runs: pd.DataFrame, metric: str = "auc") -> pd.DataFrame | None:
+    """Method x perturbation x level: ``robust/<kind>/<level>/<metric>/<set>`` averaged over the test sets per seed,
+    then mean ± std over seeds (columns ``<kind>:<level>``); None when no run was evaluated under perturbations."""
+    runs = _finished(runs)
+    pattern = rf"metrics\.robust/(?P<kind>[^/]+)/(?P<level>\d+)/{metric}/(?P<set>.+)"
+    columns = {c: m.groupdict() for c in runs.columns if (m := re.fullmatch(pattern, c))}
+    if runs.empty or not columns:
+        return None
+    long = runs.rename(columns=RUN_COLUMNS).melt(
+        id_vars=["label", "seed"], value_vars=list(columns), var_name="column", value_name="value"
+    )
+    long["perturbation"] = long["column"].map(lambda c: f"{columns[c]['kind']}:{columns[c]['level']}")
+    long = long.dropna(subset=["value"]).astype({"seed": int})
+    per_seed = long.pivot_table(index=["label", "seed"], columns="perturbation", values="value", aggfunc="mean")
+    order = sorted(per_seed.columns, key=lambda c: (c.split(":")[0], int(c.split(":")[1])))
+    return _summary(per_seed[order])
+
+
+def _robustness_section(runs: pd.DataFrame, out_dir: Path) -> list[str]:
+    table = robustness_table(runs)
+    if table is None:
+        return []
+    flat = table.set_axis([f"{c}:{s}" for c, s in table.columns], axis=1)
+    flat.to_csv(out_dir / "robustness.csv")
+    (out_dir / "robustness.tex").write_text(format_table(table, "latex") + "\n")
+    return [
+        "",
+        "## Robustness (AUC under test-time perturbations, validation-selected checkpoint)",
+        "",
+        "Columns `<perturbation>:<level>`; cells: AUC averaged over the test sets, mean ± std over seeds.",
+        "",
+        format_table(table, "markdown"),
+    ]
+
+
 def _search_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
     """``mlflow.search_runs`` of one experiment at ``tracking_uri``; the global tracking URI is left as it was."""
     import mlflow
@@ -689,6 +725,7 @@ def write_report(
     index = run_index(runs)
     with tempfile.TemporaryDirectory(prefix="bench-report-") as scratch:
         artifacts = Artifacts(tracking_uri, Path(scratch))
+        markdown += _robustness_section(runs, out_dir)
         markdown += _ablation_section(long, index, artifacts, out_dir)
         markdown += _paper_sections(long, out_dir, published_dir, published_as)
         markdown += _figure_section(long, index, artifacts, out_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +29,13 @@ from bench.config import RunConfig
 from bench.data.cards import load_card
 from bench.data.catalog import split_frames
 from bench.data.frames import Frame
-from bench.data.loader import FrameDataset, StepSampler, eval_loader, group_indices, train_loader
+from bench.data.loader import FrameDataset, FrameLoader, StepSampler, eval_loader, group_indices, train_loader
 from bench.metrics import binary_metrics
 from bench.registry import get_method
 
 LogFn = Callable[[dict[str, float], int], None]
 LAST, BEST = "last.pt", "best.pt"
+ROBUST_METRICS = ("auc", "eer", "video_auc")
 
 
 class TrainingError(RuntimeError):
@@ -104,15 +105,15 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
     return nullcontext()
 
 
-def predict(model: Adapter, loader: torch.utils.data.DataLoader, device: torch.device, amp: bool) -> np.ndarray:
-    """Probability of "fake" for every item of ``loader``, in order."""
-    scores = []
+def predict(model: Adapter, loader: Iterable[dict], device: torch.device, amp: bool, n: int) -> np.ndarray:
+    """Probability of "fake" for each of the ``n`` items of ``loader``'s dataset (NaN where a frame was unreadable)."""
+    scores = np.full(n, np.nan)
     with model.evaluating():
         for batch in loader:
             with autocast(device, amp):
                 logits = model(batch["image"].to(device, non_blocking=True))
-            scores.append(F.softmax(logits.float(), dim=-1)[:, 1].cpu())
-    return torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
+            scores[batch["index"].numpy()] = F.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
+    return scores
 
 
 def write_scores(path: Path, frames: list[Frame], scores: np.ndarray) -> None:
@@ -125,28 +126,43 @@ def write_scores(path: Path, frames: list[Frame], scores: np.ndarray) -> None:
 
 
 class Evaluator:
-    """Scores frame lists with one model; loaders are made once and kept (persistent workers)."""
+    """Scores frame lists with one model; loaders of the plain splits are made once and kept (persistent workers)."""
 
     def __init__(self, model: Adapter, cfg: RunConfig, data: dict, device: torch.device) -> None:
         self.model, self.cfg, self.device = model, cfg, device
         self.size, self.mean, self.std = data["input_size"][-1], data["mean"], data["std"]
-        self._loaders: dict[str, torch.utils.data.DataLoader] = {}
+        self._loaders: dict[str, FrameLoader] = {}
 
-    def scores(self, name: str, frames: list[Frame]) -> np.ndarray:
-        """Scores of ``frames`` in order; with several processes each scores its shard and all gather."""
-        if name not in self._loaders:
-            dataset = FrameDataset(distributed.shard(frames), self.size, self.mean, self.std)
-            workers = min(self.cfg.data.workers, 1) if len(frames) < 512 else self.cfg.data.workers
-            self._loaders[name] = eval_loader(dataset, self.cfg.eval.batch_size, workers, self.device.type == "cuda")
-        local = predict(self.model, self._loaders[name], self.device, self.cfg.train.amp)
+    def _loader(self, frames: list[Frame], perturbation: tuple[str, int] | None) -> FrameLoader:
+        dataset = FrameDataset(distributed.shard(frames), self.size, self.mean, self.std, perturbation=perturbation)
+        workers = min(self.cfg.data.workers, 1) if len(frames) < 512 else self.cfg.data.workers
+        cuda = self.device.type == "cuda"
+        return eval_loader(dataset, self.cfg.eval.batch_size, workers, cuda, self.cfg.data.max_bad_fraction)
+
+    def scores(self, name: str, frames: list[Frame], perturbation: tuple[str, int] | None = None) -> np.ndarray:
+        """Scores of ``frames`` in order (NaN for unreadable frames); with several processes each scores its shard
+        and all gather. Perturbed sets get a loader of their own that is not kept."""
+        if perturbation is not None:
+            loader = self._loader(frames, perturbation)
+        elif name not in self._loaders:
+            loader = self._loaders[name] = self._loader(frames, None)
+        else:
+            loader = self._loaders[name]
+        local = predict(self.model, loader, self.device, self.cfg.train.amp, len(loader.dataset))
         return distributed.gather_concat(torch.from_numpy(local)).numpy()
 
-    def metrics(self, name: str, frames: list[Frame], bootstrap: int = 0) -> tuple[dict[str, float], np.ndarray]:
-        scores = self.scores(name, frames)
+    def metrics(
+        self, name: str, frames: list[Frame], bootstrap: int = 0, perturbation: tuple[str, int] | None = None
+    ) -> tuple[dict[str, float], list[Frame], np.ndarray]:
+        """Metrics of the readable frames, with those frames and their scores."""
+        scores = self.scores(name, frames, perturbation)
+        kept = ~np.isnan(scores)
+        frames, scores = [f for f, k in zip(frames, kept, strict=True) if k], scores[kept]
         labels = np.array([f.label for f in frames])
-        videos = [f.video for f in frames]
-        result = binary_metrics(labels, scores, videos, bootstrap=bootstrap, seed=self.cfg.train.seed)
-        return result, scores
+        result = binary_metrics(
+            labels, scores, [f.video for f in frames], bootstrap=bootstrap, seed=self.cfg.train.seed
+        )
+        return result, frames, scores
 
 
 def _save_state(path: Path, model: Adapter, optimizer, scheduler, step: int, best: dict, history: list) -> None:
@@ -221,7 +237,10 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     evaluator = Evaluator(model, cfg, data, device)
     sampler = StepSampler(groups, micro, cfg.train.seed, step * accumulate, total * accumulate)
     rank_batches = distributed.RankSlice(sampler, rank, world)  # train.batch_size is the global batch
-    batches = iter(train_loader(train_set, rank_batches, cfg.data.workers, cfg.train.seed, device.type == "cuda"))
+    loader = train_loader(
+        train_set, rank_batches, cfg.data.workers, cfg.train.seed, device.type == "cuda", cfg.data.max_bad_fraction
+    )
+    batches = iter(loader)
     loss_fn = distributed.loss_module(model, device)
     trainable = [p for _, p in model.trainable_parameters()]
     model.train()
@@ -257,7 +276,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
         if step % cfg.train.log_every == 0 or step == total:
             _log_prefixed(log, "train/", {**parts_sum, "lr": lr}, step)
         if step % steps_per_epoch == 0:
-            val, _ = evaluator.metrics("val", splits.val)
+            val, _, _ = evaluator.metrics("val", splits.val)
             model.train()
             value = val[cfg.eval.select_metric]
             history.append({"step": step, **val})
@@ -285,10 +304,14 @@ def _final_tests(
         for name, frames in tqdm(
             splits.tests.items(), desc=f"test ({tag})", disable=None if main else True, leave=False
         ):
-            metrics, scores = evaluator.metrics(name, frames, bootstrap=cfg.eval.bootstrap)
+            metrics, kept, scores = evaluator.metrics(name, frames, bootstrap=cfg.eval.bootstrap)
             if main:
-                write_scores(run_dir / "scores" / tag / f"{name}.csv", frames, scores)
+                write_scores(run_dir / "scores" / tag / f"{name}.csv", kept, scores)
             results.update({f"{prefix}{k}/{name}": v for k, v in metrics.items()})
+    for kind, level in cfg.eval.perturbation_levels():  # robustness of the selected weights
+        for name, frames in splits.tests.items():
+            metrics, _, _ = evaluator.metrics(name, frames, perturbation=(kind, level))
+            results.update({f"robust/{kind}/{level}/{k}/{name}": metrics[k] for k in ROBUST_METRICS if k in metrics})
     results.update({f"val/{k}": v for k, v in best["metrics"].items()})
     results["val/selected_step"] = best["step"]
     if main:

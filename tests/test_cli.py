@@ -101,3 +101,13 @@ def test_methods_command_lists_registry(capsys) -> None:
 
 def test_grid_name_resolves_in_grids_folder() -> None:
     assert load_grid("smoke.yaml").name == load_grid("smoke").name == "smoke"
+
+
+def test_robustness_table_from_perturbed_tests(tmp_path: Path, tiny_cards, tracking_uri, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    extra = {"methods": ["linear-probe"], "seeds": [0], "base": {"eval": {"perturbations": ["jpeg:1", "blur:1..2"]}}}
+    assert main(["grid", str(_grid(tmp_path, tiny_cards, tracking_uri, **extra))]) == 0
+    (run,) = runs_by_hash(tracking_uri, tmp_path.name).values()
+    assert {f"robust/{p}/auc/tiny-other" for p in ("jpeg/1", "blur/1", "blur/2")} <= set(run.data.metrics)
+    table = (tmp_path / "results" / tmp_path.name / "robustness.csv").read_text()
+    assert table.splitlines()[0].startswith("label,blur:1:mean") and "linear-probe" in table

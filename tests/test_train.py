@@ -61,3 +61,21 @@ def test_selection_uses_validation_and_keeps_both_checkpoints(tiny_cards: tuple[
         assert (tmp_path / "run" / "scores" / "selected" / f"{name}.csv").read_text().startswith("video,label")
     if result["val/selected_step"] == 6:  # the last checkpoint is the selected one
         assert result[f"auc/{names[1]}"] == result[f"last/auc/{names[1]}"]
+
+
+def test_a_corrupt_test_frame_is_skipped_and_counted(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import write_folder_card
+
+    card = write_folder_card(tmp_path / "broken", {"test": 3}, seed=2)
+    victim = next((tmp_path / "broken" / "test" / "real").rglob("*.png"))
+    victim.write_bytes(b"not a png")
+    cfg = resolve_config(tiny_config(tiny_cards, tmp_path, data={"test": [str(card)], "max_bad_fraction": 0.1}))
+    result = train(cfg, tmp_path / "run")
+    rows = (tmp_path / "run" / "scores" / "selected" / "broken.csv").read_text().splitlines()
+    assert result["n/broken"] == 26 and len(rows) == 27 and str(victim) not in "".join(rows)  # 27 frames, 1 bad
+    strict = resolve_config(tiny_config(tiny_cards, tmp_path, data={"test": [str(card)], "max_bad_fraction": 0.0}))
+    shutil.rmtree(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="unreadable"):
+        train(strict, tmp_path / "run")

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError, build_dataclass, read_yaml
+from bench.data.deepfakebench import COMPRESSIONS, resolve_labels
 
 CARDS_DIR = Path(__file__).resolve().parents[2] / "datasets"
-FORMATS = ("offline", "folder")
+FORMATS = ("offline", "folder", "deepfakebench")
 
 
 @dataclass
@@ -19,13 +20,23 @@ class Card:
     Attributes:
         name: the card's name (its file stem), used as the test-set name in results.
         description: one sentence.
-        format: ``offline`` (generated from shipped images) or ``folder`` (``real/<video>/`` and
-            ``fake/<method>/<video>/`` under each split's folder).
-        root: the data set's folder, relative to the data root unless absolute.
-        splits: split name (``train``, ``val``, ``test``) -> folder under ``root``.
+        format: ``offline`` (generated from shipped images), ``folder`` (``real/<video>/`` and
+            ``fake/<method>/<video>/`` under each split's folder) or ``deepfakebench`` (an index file in
+            DeepfakeBench's format, see :mod:`bench.data.deepfakebench`).
+        root: the data set's folder, relative to the data root unless absolute; relative frame paths of an index
+            hang from it.
+        splits: split name (``train``, ``val``, ``test``) -> folder under ``root`` (``folder``, ``offline``) or split
+            key in the index (``deepfakebench``).
         validation: the split that selects checkpoints (required to train on the card).
-        methods: the card's forgery methods, in routing order.
+        methods: the card's forgery methods, in routing order (``deepfakebench``: the fake label keys, by default
+            all of ``labels``).
         generate: generator settings for ``format: offline``.
+        index: ``deepfakebench``: the JSON file, relative to the data root unless absolute.
+        dataset: ``deepfakebench``: the index's top-level key (default: its only one).
+        compression: ``deepfakebench``: ``c23``, ``c40`` or ``raw`` (FaceForensics++ family only).
+        labels: ``deepfakebench``: label keys to read, as a list (labels from DeepfakeBench's ``label_dict``) or a
+            mapping ``{key: 0|1}``.
+        prefix_map: ``deepfakebench``: old frame-path prefix -> new one (relative ones hang from ``root``).
     """
 
     name: str
@@ -36,6 +47,11 @@ class Card:
     validation: str | None = None
     methods: list[str] = field(default_factory=list)
     generate: dict[str, Any] | None = None
+    index: str | None = None
+    dataset: str | None = None
+    compression: str | None = None
+    labels: dict[str, int] | list[str] = field(default_factory=list)
+    prefix_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -44,15 +60,41 @@ class Card:
             raise ConfigError(f"card {self.name}: validation split {self.validation!r} is not among its splits")
         if self.format == "offline" and not self.generate:
             raise ConfigError(f"card {self.name}: format offline needs a 'generate' section")
+        if self.format == "deepfakebench":
+            self._check_index()
+
+    def _check_index(self) -> None:
+        where = f"card {self.name}"
+        if not self.index or not self.labels:
+            raise ConfigError(f"{where}: format deepfakebench needs 'index' and 'labels'")
+        if self.compression is not None and self.compression not in COMPRESSIONS:
+            raise ConfigError(f"{where}: compression {self.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+        fakes = [k for k, v in self.label_map().items() if v == 1]
+        self.methods = self.methods or fakes
+        stray = [m for m in self.methods if m not in fakes]
+        if stray:
+            raise ConfigError(f"{where}: methods {', '.join(stray)} are not fake label keys of 'labels'")
+
+    def label_map(self) -> dict[str, int]:
+        """``deepfakebench``: label key -> 0 real / 1 fake."""
+        return resolve_labels(self.labels, f"card {self.name}")
 
     def location(self, data_root: str | Path) -> Path:
         root = Path(self.root).expanduser()
         return root if root.is_absolute() else Path(data_root) / root
 
-    def split_dir(self, split: str, data_root: str | Path) -> Path:
+    def split_key(self, split: str) -> str:
+        """What ``split`` names in the data: a folder under ``root`` or a split key of the index."""
         if split not in self.splits:
             raise ConfigError(f"card {self.name}: no split {split!r}; it has {', '.join(self.splits) or 'none'}")
-        return self.location(data_root) / str(self.splits[split])
+        return str(self.splits[split])
+
+    def split_dir(self, split: str, data_root: str | Path) -> Path:
+        return self.location(data_root) / self.split_key(split)
+
+    def index_path(self, data_root: str | Path) -> Path:
+        path = Path(str(self.index)).expanduser()
+        return path if path.is_absolute() else Path(data_root) / path
 
 
 def card_path(name_or_path: str) -> Path:

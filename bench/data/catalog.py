@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.config import ConfigError
 from bench.data.cards import Card
+from bench.data.deepfakebench import read_index, read_json
 from bench.data.frames import REAL, Frame, sample_evenly
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -42,8 +45,24 @@ def ensure_generated(card: Card, data_root: str | Path) -> Path:
     return generate(spec, card.location(data_root))
 
 
-def split_frames(card: Card, split: str, data_root: str | Path, frames_per_video: int) -> list[Frame]:
-    """The frames of one split of a card; an empty or missing split is an error naming card and split."""
+def list_frames(card: Card, split: str, data_root: str | Path, frames_per_video: int) -> list[Frame]:
+    """The frames of one split of a card, as its data lists them; an empty or missing split is an error naming card
+    and split."""
+    if card.format == "deepfakebench":
+        frames = read_index(
+            read_json(card.index_path(data_root)),
+            dataset=card.dataset,
+            split=card.split_key(split),
+            labels=card.label_map(),
+            compression=card.compression,
+            prefix_map=card.prefix_map,
+            base=card.location(data_root),
+            frames_per_video=frames_per_video,
+            where=f"card {card.name}",
+        )
+        if not frames:
+            raise ConfigError(f"card {card.name}: split '{split}' has no videos in {card.index_path(data_root)}")
+        return frames
     split_dir = card.split_dir(split, data_root)
     if card.format == "offline":
         ensure_generated(card, data_root)
@@ -52,4 +71,22 @@ def split_frames(card: Card, split: str, data_root: str | Path, frames_per_video
     frames = read_folder(split_dir, frames_per_video)
     if not frames:
         raise ConfigError(f"card {card.name}: split '{split}' has no frames under {split_dir}")
+    return frames
+
+
+def examples(items: Sequence[str], shown: int = 3) -> str:
+    """The first few of ``items``, then how many more there are."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def split_frames(card: Card, split: str, data_root: str | Path, frames_per_video: int) -> list[Frame]:
+    """:func:`list_frames`, failing at once (with the count and examples) when any listed frame does not exist."""
+    frames = list_frames(card, split, data_root, frames_per_video)
+    missing = [f.path for f in frames if not os.path.exists(f.path)]
+    if missing:
+        raise ConfigError(
+            f"card {card.name}: split '{split}': {len(missing)} of {len(frames)} frames do not exist, e.g. "
+            f"{examples(missing)} (check data.root and the card's prefix_map; `bench data check {card.name}`)"
+        )
     return frames

@@ -2,25 +2,50 @@
 
 The training sampler is a pure function of ``(seed, step)``: resuming at step ``s`` yields exactly the batches an
 uninterrupted run would have seen from ``s`` on, and augmentation draws come from a per-sample seed it hands out.
+
+Frames are decoded in the DataLoader's worker processes. An unreadable frame does not stop a run: the dataset hands a
+marker instead of a sample, :func:`collate_frames` drops it from the batch, and :class:`FrameLoader` counts the
+distinct bad frames and fails with :class:`BadDataError` once they exceed ``max_bad_fraction`` of the split.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from bench.data.frames import REAL, Frame
+from bench.data.perturb import perturb
+
+log = logging.getLogger(__name__)
 
 Key = tuple[int, int]  # (frame index, augmentation seed; -1 = no augmentation)
 
 
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class BadDataError(RuntimeError):
+    """Too many frames of a split are unreadable for its results to mean anything."""
+
+
 class FrameDataset(Dataset):
-    """Decodes frames to normalised tensors; training keys carry a seed for a horizontal flip."""
+    """Decodes frames to normalised tensors; training keys carry a seed for a horizontal flip.
+
+    Args:
+        frames: the split's frames.
+        input_size: square side the frames are resized to.
+        mean: normalisation mean per channel.
+        std: normalisation std per channel.
+        methods: forgery methods in routing order (their index is each item's ``method``).
+        perturbation: ``(kind, level)`` of :func:`bench.data.perturb.perturb`, applied to the frame as stored, before
+            resizing and normalisation.
+    """
 
     def __init__(
         self,
@@ -29,12 +54,14 @@ class FrameDataset(Dataset):
         mean: Sequence[float],
         std: Sequence[float],
         methods: Sequence[str] = (),
+        perturbation: tuple[str, int] | None = None,
     ) -> None:
         self.frames = list(frames)
         self.size = input_size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
         self.method_index = {m: i for i, m in enumerate(methods)}
+        self.perturbation = perturbation
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -42,16 +69,22 @@ class FrameDataset(Dataset):
     def load(self, frame: Frame) -> torch.Tensor:
         with Image.open(frame.path) as img:
             img = img.convert("RGB")
+            if self.perturbation is not None:
+                img = perturb(img, *self.perturbation)
             if img.size != (self.size, self.size):
                 img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
-            array = np.asarray(img, dtype=np.uint8)
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
-        return (tensor - self.mean) / self.std
+            array = np.asarray(img, dtype=np.float32)
+        # numpy, not torch: per-image torch ops in the main process (workers=0) stall on OpenMP threads under load
+        normalised = (array / np.float32(255) - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
     def __getitem__(self, key: int | Key) -> dict[str, Any]:
         index, aug_seed = (key, -1) if isinstance(key, int) else key
         frame = self.frames[index]
-        image = self.load(frame)
+        try:
+            image = self.load(frame)
+        except UNREADABLE as err:
+            return {"bad": index, "error": f"{type(err).__name__}: {err}"}
         if aug_seed >= 0 and np.random.default_rng(aug_seed).random() < 0.5:
             image = image.flip(-1)
         method = -1 if frame.method == REAL else self.method_index.get(frame.method, -1)
@@ -121,20 +154,86 @@ class StepSampler(Sampler[list[Key]]):
         return max(0, self.stop - self.start)
 
 
-def _loader(dataset: Dataset, workers: int, seed: int, pin: bool, **kwargs: Any) -> DataLoader:
+def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the readable items; the unreadable ones go to ``bad`` (frame indices) and ``errors``."""
+    good = [item for item in items if "bad" not in item]
+    batch = default_collate(good) if good else {}
+    batch["bad"] = [item["bad"] for item in items if "bad" in item]
+    batch["errors"] = [item["error"] for item in items if "bad" in item]
+    return batch
+
+
+class FrameLoader:
+    """A DataLoader whose batches leave out unreadable frames; it counts them and stops the run past a fraction.
+
+    Batches are those of the DataLoader without the frames that failed to decode: ``batch["index"]`` says which frames
+    a batch holds (scores align with it, not with the frame list). A batch with no readable frame is skipped when
+    evaluating and is an error when training.
+
+    Attributes:
+        bad: frame index -> error, for every distinct unreadable frame met so far.
+    """
+
+    def __init__(self, loader: DataLoader, max_bad_fraction: float, training: bool) -> None:
+        self.loader, self.max_bad_fraction, self.training = loader, max_bad_fraction, training
+        self.bad: dict[int, str] = {}
+
+    @property
+    def dataset(self) -> FrameDataset:
+        return self.loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _record(self, indices: list[int], errors: list[str]) -> None:
+        frames = self.dataset.frames
+        for index, error in zip(indices, errors, strict=True):
+            if index not in self.bad:
+                self.bad[index] = error
+                log.warning("skipped unreadable frame %s (%s)", frames[index].path, error)
+        if len(self.bad) > self.max_bad_fraction * len(frames):
+            shown = [f"{frames[i].path} ({e})" for i, e in list(self.bad.items())[:3]]
+            raise BadDataError(
+                f"{len(self.bad)} of {len(frames)} frames are unreadable, more than data.max_bad_fraction="
+                f"{self.max_bad_fraction}; e.g. {'; '.join(shown)} (run `bench data check` on the card)"
+            )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            indices, errors = batch.pop("bad"), batch.pop("errors")
+            if indices:
+                self._record(indices, errors)
+            if "image" in batch:
+                yield batch
+            elif self.training:
+                raise BadDataError(f"every frame of a training batch is unreadable: {errors[0]}")
+
+
+def _loader(dataset: FrameDataset, workers: int, seed: int, pin: bool, **kwargs: Any) -> DataLoader:
     return DataLoader(
         dataset,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin,
+        collate_fn=collate_frames,
         generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched (exact resume)
         **kwargs,
     )
 
 
-def train_loader(dataset: FrameDataset, sampler: StepSampler, workers: int, seed: int, pin: bool = False) -> DataLoader:
-    return _loader(dataset, workers, seed, pin, batch_sampler=sampler)
+def train_loader(
+    dataset: FrameDataset,
+    sampler: StepSampler,
+    workers: int,
+    seed: int,
+    pin: bool = False,
+    max_bad_fraction: float = 0.01,
+) -> FrameLoader:
+    return FrameLoader(_loader(dataset, workers, seed, pin, batch_sampler=sampler), max_bad_fraction, training=True)
 
 
-def eval_loader(dataset: FrameDataset, batch_size: int, workers: int, pin: bool = False) -> DataLoader:
-    return _loader(dataset, workers, 0, pin, batch_size=batch_size, shuffle=False)
+def eval_loader(
+    dataset: FrameDataset, batch_size: int, workers: int, pin: bool = False, max_bad_fraction: float = 0.01
+) -> FrameLoader:
+    loader = _loader(dataset, workers, 0, pin, batch_size=batch_size, shuffle=False)
+    return FrameLoader(loader, max_bad_fraction, training=False)
