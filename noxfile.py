@@ -44,6 +44,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def perf(session: nox.Session) -> None:
+    """The cost of every method side by side: ``nox -s perf -- --backbone vit_small_patch16_224 --device cpu``."""
+    _install(session)
+    session.run("bench", "perf", *(session.posargs or ["--backbone", "vit_small_patch16_224", "--device", "cpu"]))
+
+
+@nox.session(python=PYTHON)
 def ui(session: nox.Session) -> None:
     """The MLflow UI on the results store, on loopback: ``nox -s ui -- --port 5001`` (other ``mlflow ui`` flags too)."""
     session.install("mlflow>=3.0")

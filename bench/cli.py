@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.config import ConfigError
 from bench.data.commands import add_data_commands
+from bench.perf import add_perf_command
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     params.add_argument("--backbone", default="lite0", help="timm model name (or lite0)")
     params.add_argument("--method", action="append", default=[], help="method (repeatable; default: all)")
     params.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
+
+    add_perf_command(sub)
 
     methods = sub.add_parser("methods", help="list registered methods")
     methods.add_argument("pattern", nargs="?", default="*")
@@ -264,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.backbone import BackboneError
 
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except (ConfigError, BackboneError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

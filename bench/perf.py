@@ -1,0 +1,590 @@
+"""``bench perf``: what each fine-tuning strategy costs, measured side by side on one backbone, batch and device.
+
+Every row is measured in its own fresh process (``python -m bench.perf --worker SPEC``) so memory figures do not
+leak into each other, and the rows are interleaved over the repeats (A B C ... A B C) so drift of a shared machine
+hits all alike. A worker times the loop's training step as ``bench/train.py`` runs it (``training_loss`` under
+autocast, backward, ``before_optimizer_step``, gradient clipping, AdamW, ``after_optimizer_step``) on synthetic
+batches of reals and fakes of :data:`K_METHODS` forgery methods, so routing and the constraints run as in training.
+It then times evaluation under ``evaluating()`` (merged weights) and, in the same process, the plain backbone's.
+
+A row is a registered method with optional option overrides, ``name[:key=value...]`` (values in YAML syntax), e.g.
+``masm:routing=none:dense=true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from bench.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.adapter import Adapter
+
+    Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+K_METHODS = 4
+"""Forgery methods in the synthetic batches (FaceForensics++'s four); MASM gets one subspace each."""
+
+DEFAULT_METHODS = (
+    "full-ft",
+    "linear-probe",
+    "lora",
+    "effort",
+    "effort-paper",
+    "masm",
+    "masm:routing=none",
+    "masm:routing=none:dense=true",
+    "masm:routing=none:targets=all",
+    "masm:routing=none:targets=all:dense=true",
+)
+REFERENCE = "full-ft"
+CUDA_PEAK_TFLOPS = 989.0
+"""Dense bf16 peak of an H100/H200 SXM: the MFU denominator on CUDA unless ``--peak-tflops`` is given."""
+RESULT_PREFIX = "PERF-RESULT "
+
+COLUMNS = (
+    "method",
+    "trainable_params",
+    "params_vs_fullft",
+    "step_s",
+    "step_vs_fullft",
+    "train_img_s",
+    "eval_img_s",
+    "plain_eval_img_s",
+    "eval_vs_plain",
+    "peak_mem_mb",
+    "mem_vs_fullft",
+    "base_mem_mb",
+    "mem_over_base_vs_fullft",
+    "setup_cold_s",
+    "setup_cached_s",
+    "step_gflop",
+    "achieved_tflops",
+    "mfu",
+    "loader_img_s",
+    "loader_vs_train",
+)
+NOTES = (
+    "step_s: median training step (forward, backward, the method's losses and hooks, clipping, AdamW) over all"
+    " repeats; *_vs_fullft: ratio to the full-ft row of this run",
+    "eval_vs_plain: evaluation throughput (merged weights) over the plain timm backbone's, timed in the same process",
+    "peak_mem_mb: peak RSS of the row's own process on CPU (CUDA max_memory_allocated on GPU) up to the end of"
+    " training; base_mem_mb: RSS after imports (torch's libraries); mem_over_base_vs_fullft: (peak - base) over"
+    " full-ft's",
+    "setup_cold_s: first apply() in the process, SVD cache empty; setup_cached_s: apply() again, SVDs from the cache",
+    "dense=true materialises W_eff and calls F.linear; it needs routing=none, so its comparison is the"
+    " masm:routing=none row with the same targets (low-rank path), not the routed masm row",
+    "step_gflop: FLOPs of one forward and backward as run (torch FlopCounterMode); mfu: achieved / --peak-tflops",
+    "loader_img_s: the training card through FrameDataset + DataLoader at the input size; loader_vs_train: over the"
+    " row's train_img_s",
+)
+
+
+class PerfError(RuntimeError):
+    """A worker process failed; the message holds the end of its output."""
+
+
+@dataclass
+class Settings:
+    """One ``bench perf`` run (a worker gets it too, with the row it measures).
+
+    Attributes:
+        backbone: timm model name (random weights).
+        batch_size: images per training and evaluation batch.
+        methods: rows, ``name[:key=value...]``.
+        device: ``cpu`` or ``cuda``.
+        steps: timed training steps and evaluation batches per worker.
+        warmup: untimed steps (and evaluation batches) before them.
+        repeats: interleaved rounds over the rows.
+        img_size: input size; ``None`` is the model's own.
+        compile: ``torch.compile`` the backbone.
+        channels_last: ``auto`` (on CUDA for convolutional backbones), ``on`` or ``off``.
+        peak_tflops: the device's peak rate for MFU; ``None`` is :data:`CUDA_PEAK_TFLOPS` on CUDA, no MFU on CPU.
+        card: training card read by the loader measurement.
+        data_root: where the card's data lives.
+        loader_workers: DataLoader workers of the loader measurement.
+        loader_batches: batches timed by the loader measurement.
+    """
+
+    backbone: str = "vit_small_patch16_224"
+    batch_size: int = 8
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    device: str = "cpu"
+    steps: int = 10
+    warmup: int = 3
+    repeats: int = 2
+    img_size: int | None = None
+    compile: bool = False
+    channels_last: str = "auto"
+    peak_tflops: float | None = None
+    card: str = "offline-ff"
+    data_root: str = "data"
+    loader_workers: int = 2
+    loader_batches: int = 50
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name[:key=value...]`` to the registered name and its option overrides."""
+    name, *assignments = spec.split(":")
+    overrides: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--methods {spec!r}: expected name:key=value, e.g. masm:routing=none:dense=true")
+        overrides[key] = yaml.safe_load(raw)
+    return name, overrides
+
+
+def _resolve(spec: str) -> tuple[Any, Any]:
+    """The registered method of a row and its options, bound to :data:`K_METHODS` forgery methods."""
+    from bench.registry import get_method
+
+    name, overrides = parse_method(spec)
+    method = get_method(name)
+    return method, method.resolve(overrides, [f"method{k}" for k in range(K_METHODS)])
+
+
+# ------------------------------------------------------------------------------------------------ worker processes
+
+
+def _rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def synthetic_batch(batch_size: int, size: int, device: torch.device) -> Batch:
+    """Random images, reals and fakes alternating, the fakes cycling over :data:`K_METHODS` forgery methods."""
+    import torch
+
+    index = torch.arange(batch_size)
+    labels = index % 2
+    methods = torch.where(labels == 1, (index // 2) % K_METHODS, -1)
+    images = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return images.to(device), labels.to(device), methods.to(device)
+
+
+def _times(fn: Callable[[], object], warmup: int, steps: int, sync: Callable[[], None]) -> list[float]:
+    """Seconds per call of ``fn`` (``sync`` waits for the device), after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def forward_backward(model: Adapter, batch: Batch, device: torch.device) -> dict[str, float]:
+    """The method's loss under autocast and its backward pass, as ``bench/train.py`` runs them (accumulate 1)."""
+    import torch
+
+    from bench.train import autocast
+
+    with autocast(device, True):
+        loss, parts = model.training_loss(*batch)
+    if not torch.isfinite(loss):
+        raise PerfError(f"non-finite loss {loss.item()}")
+    loss.backward()
+    return {k: float(v) for k, v in {"loss": loss.detach(), **parts}.items()}  # the loop logs them every step
+
+
+def train_step(
+    model: Adapter, optimizer: torch.optim.Optimizer, batch: Batch, device: torch.device, step: int
+) -> dict[str, float]:
+    """One optimizer step of ``bench/train.py``: loss and backward, the method's hooks, clipping at 1.0, AdamW."""
+    import torch
+
+    parts = forward_backward(model, batch, device)
+    model.before_optimizer_step(step)
+    torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable_parameters()], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.after_optimizer_step(step)
+    return parts
+
+
+def eval_batch(model: Adapter, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Scores of one batch as the loop's ``predict()`` computes them (call inside ``model.evaluating()``)."""
+    import torch.nn.functional as F
+
+    from bench.train import autocast
+
+    with autocast(device, True):
+        logits = model(images)
+    return F.softmax(logits.float(), dim=-1)[:, 1].cpu()
+
+
+def measure_method(s: Settings, row: str) -> dict[str, Any]:
+    """Set-up times, training step times, peak memory, FLOPs and evaluation throughput of one row."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.adapter import Adapter
+    from bench.backbone import create_backbone, data_config
+    from bench.config import ModelConfig
+
+    method, options = _resolve(row)  # imports the methods
+    base_mem = _rss_mb()
+    device = torch.device(s.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    cfg = ModelConfig(name=s.backbone, pretrained=False, img_size=s.img_size)
+
+    def backbone() -> torch.nn.Module:
+        with device:  # initialised on the device itself (fast for a large model on a GPU)
+            return create_backbone(cfg, seed=0)
+
+    def build() -> tuple[Adapter, float]:
+        net = backbone()
+        sync()
+        start = time.perf_counter()
+        model = method.build(net, options).to(device)
+        sync()
+        return model, time.perf_counter() - start
+
+    def evaluation(model: Adapter) -> list[float]:
+        with model.evaluating():
+            return _times(lambda: eval_batch(model, images, device), s.warmup, s.steps, sync)
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["BENCH_SVD_CACHE"] = cache
+        model, setup_cold = build()
+        size = data_config(model.backbone, cfg)["input_size"][-1]
+        images, labels, methods = synthetic_batch(s.batch_size, size, device)
+        optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-4, fused=True if cuda else None)
+        model.train()
+        with FlopCounterMode(display=False) as counter:  # one eager forward and backward
+            forward_backward(model, (images, labels, methods), device)
+        optimizer.zero_grad(set_to_none=True)
+        memory_format = _memory_format(s, model)
+        model = _prepare(model, memory_format, s.compile)
+        images = images.contiguous(memory_format=memory_format)
+        steps = iter(range(s.warmup + s.steps))
+        step_times = _times(
+            lambda: train_step(model, optimizer, (images, labels, methods), device, next(steps)),
+            s.warmup,
+            s.steps,
+            sync,
+        )
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mb()
+        eval_times = evaluation(model)
+        trainable_params, total_params = model.num_trainable(), sum(p.numel() for p in model.parameters())
+        _, setup_cached = build()
+    plain_times = evaluation(_prepare(Adapter(backbone()), memory_format, s.compile))  # the timm model as is
+    return {
+        "method": row,
+        "trainable_params": trainable_params,
+        "total_params": total_params,
+        "step_times": step_times,
+        "eval_img_s": s.batch_size / statistics.median(eval_times),
+        "plain_eval_img_s": s.batch_size / statistics.median(plain_times),
+        "peak_mem_mb": peak_mem,
+        "base_mem_mb": base_mem,
+        "setup_cold_s": setup_cold,
+        "setup_cached_s": setup_cached,
+        "step_flop": counter.get_total_flops(),
+    }
+
+
+def _memory_format(s: Settings, model: Adapter) -> torch.memory_format:
+    """``channels_last`` when asked, or by default on CUDA for convolutional backbones (a ViT has one conv)."""
+    import torch
+
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if s.channels_last == "on" or (s.channels_last == "auto" and s.device == "cuda" and convs > 1):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _prepare(model: Adapter, memory_format: torch.memory_format, compile: bool) -> Adapter:
+    model = model.to(memory_format=memory_format)
+    if compile:
+        model.backbone.compile()
+    return model
+
+
+def measure_loader(s: Settings) -> dict[str, Any]:
+    """Images per second of the training card's train split through the loop's dataset, sampler and DataLoader."""
+    import torch
+
+    from bench.backbone import create_backbone, data_config
+    from bench.config import DataConfig, ModelConfig
+    from bench.data.cards import load_card
+    from bench.data.catalog import split_frames
+    from bench.data.loader import FrameDataset, StepSampler, group_indices, train_loader
+
+    cfg = ModelConfig(name=s.backbone, pretrained=False, img_size=s.img_size)
+    with torch.device("meta"):  # the data config only
+        data = data_config(create_backbone(cfg), cfg)
+    defaults = DataConfig()
+    card = load_card(s.card)
+    frames = split_frames(card, "train", s.data_root, defaults.frames_per_video)
+    dataset = FrameDataset(frames, data["input_size"][-1], data["mean"], data["std"], card.methods)
+    groups = group_indices(frames, card.methods, defaults.balanced)
+    warmup = max(1, s.loader_workers)  # the workers' start-up
+    sampler = StepSampler(groups, s.batch_size, 0, 0, warmup + s.loader_batches)
+    batches = iter(train_loader(dataset, sampler, s.loader_workers, 0, pin=s.device == "cuda"))
+    for _ in range(warmup):
+        next(batches)
+    start = time.perf_counter()
+    images = sum(len(batch["image"]) for batch in batches)
+    return {"loader_img_s": images / (time.perf_counter() - start)}
+
+
+def _worker_main(argv: list[str]) -> int:
+    """``python -m bench.perf --worker JSON``: measure one row (or the loader) and print one result line."""
+    payload = json.loads(argv[argv.index("--worker") + 1])
+    row = payload.pop("row")
+    s = Settings(**{**payload, "methods": tuple(payload["methods"])})
+    result = measure_loader(s) if row is None else measure_method(s, row)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parent process
+
+
+def _spawn(s: Settings, row: str | None) -> dict[str, Any]:
+    """Run one measurement in a fresh process and return its result."""
+    payload = json.dumps({**asdict(s), "row": row})
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.perf", "--worker", payload], capture_output=True, text=True, check=False
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode or not lines:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise PerfError(f"perf worker for {row or 'the loader'} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def rows_in_order(methods: tuple[str, ...] | list[str]) -> list[str]:
+    """The rows to measure: the reference (full-ft) first, then the others in the order given, once each."""
+    return list(dict.fromkeys([REFERENCE, *methods]))
+
+
+def measure(s: Settings, progress: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
+    """Measure every row ``s.repeats`` times, interleaved, and summarise them (see :func:`summarise`)."""
+    rows = rows_in_order(s.methods)
+    for row in rows:
+        _resolve(row)  # unknown methods and invalid options fail before any process starts
+    runs: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
+    loader: list[float] = []
+    order = [*rows, None] * s.repeats  # None: the loader
+    for i, row in enumerate(order, 1):
+        progress(f"[{i}/{len(order)}] {row or 'loader'}")
+        if row is None:
+            loader.append(_spawn(s, None)["loader_img_s"])
+        else:
+            runs[row].append(_spawn(s, row))
+    return summarise(runs, loader, s)
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Settings) -> list[dict[str, Any]]:
+    """One row per method with every column of :data:`COLUMNS`: medians over repeats and ratios to the reference.
+
+    Step times are pooled over repeats before the median; ``eval_vs_plain`` is the median of each process's own
+    ratio (method and plain backbone timed side by side).
+    """
+    peak = s.peak_tflops if s.peak_tflops is not None else (CUDA_PEAK_TFLOPS if s.device == "cuda" else None)
+    loader_img_s = statistics.median(loader)
+    out = []
+    for row, results in runs.items():
+        step_s = statistics.median(t for r in results for t in r["step_times"])
+        tflops = results[0]["step_flop"] / step_s / 1e12
+
+        def median(key: str, results: list[dict[str, Any]] = results) -> float:
+            return statistics.median(r[key] for r in results)
+
+        out.append(
+            {
+                "method": row,
+                "trainable_params": results[0]["trainable_params"],
+                "total_params": results[0]["total_params"],
+                "step_s": step_s,
+                "train_img_s": s.batch_size / step_s,
+                "eval_img_s": median("eval_img_s"),
+                "plain_eval_img_s": median("plain_eval_img_s"),
+                "eval_vs_plain": statistics.median(r["eval_img_s"] / r["plain_eval_img_s"] for r in results),
+                "peak_mem_mb": median("peak_mem_mb"),
+                "base_mem_mb": median("base_mem_mb"),
+                "setup_cold_s": median("setup_cold_s"),
+                "setup_cached_s": median("setup_cached_s"),
+                "step_gflop": results[0]["step_flop"] / 1e9,
+                "achieved_tflops": tflops,
+                "mfu": tflops / peak if peak else None,
+                "loader_img_s": loader_img_s,
+                "loader_vs_train": loader_img_s * step_s / s.batch_size,
+                "repeats": len(results),
+            }
+        )
+    ref = next(r for r in out if r["method"] == REFERENCE)
+    for r in out:
+        r["params_vs_fullft"] = r["trainable_params"] / ref["trainable_params"]
+        r["step_vs_fullft"] = r["step_s"] / ref["step_s"]
+        r["mem_vs_fullft"] = r["peak_mem_mb"] / ref["peak_mem_mb"]
+        r["mem_over_base_vs_fullft"] = (r["peak_mem_mb"] - r["base_mem_mb"]) / (ref["peak_mem_mb"] - ref["base_mem_mb"])
+    return out
+
+
+def _format(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if key == "trainable_params":
+        return f"{value:,}"
+    if key.endswith(("_vs_fullft", "_vs_plain", "_vs_train")) or key == "mfu":
+        return f"{value:.3f}" if value < 10 else f"{value:.0f}"
+    return f"{value:.4g}"
+
+
+def format_table(rows: list[dict[str, Any]], title: str) -> str:
+    """A plain-text table of :data:`COLUMNS` with the notes below it."""
+    cells = [list(COLUMNS)] + [[_format(c, r[c]) for c in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = [title]
+    for line in cells:
+        lines.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+        )
+    lines += [f"- {note}" for note in NOTES]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*COLUMNS, "total_params", "repeats"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Bar charts of step time, evaluation throughput, peak memory and trainable parameters per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("step_s", "training step (s)", "step_vs_fullft", "x full-ft"),
+        ("eval_img_s", "evaluation (images/s)", "eval_vs_plain", "x plain"),
+        ("peak_mem_mb", "peak memory (MiB)", "mem_vs_fullft", "x full-ft"),
+        ("trainable_params", "trainable parameters", "params_vs_fullft", "x full-ft"),
+    )
+    names = [r["method"] for r in rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.45 * len(rows) + 1.5), sharey=True)
+    for ax, (key, label, ratio, unit) in zip(axes, panels, strict=True):
+        values = [r[key] for r in rows]
+        bars = ax.barh(names, values, color="tab:blue" if key != "peak_mem_mb" else "tab:orange")
+        ax.bar_label(bars, [f"{r[ratio]:.3g}{unit}" for r in rows], fontsize=7, padding=2)
+        ax.set_xlabel(label)
+        ax.set_xscale("log" if key == "trainable_params" else "linear")
+        ax.margins(x=0.3)
+    axes[0].invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ command
+
+
+def add_perf_command(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench perf`` to the CLI's subparsers (its handler is ``args.handler``)."""
+    defaults = Settings()
+    perf = sub.add_parser("perf", help="training-step time, evaluation throughput and memory of each method")
+    perf.add_argument("--backbone", default=defaults.backbone, help="timm model name (random weights)")
+    perf.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 32 on CUDA")
+    perf.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="rows, comma separated: name[:key=value]")
+    perf.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    perf.add_argument("--steps", type=int, default=defaults.steps, help="timed steps (and eval batches) per process")
+    perf.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps before them")
+    perf.add_argument("--repeats", type=int, default=defaults.repeats, help="interleaved rounds over the rows")
+    perf.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
+    perf.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    perf.add_argument("--channels-last", choices=("auto", "on", "off"), default=defaults.channels_last)
+    perf.add_argument("--peak-tflops", type=float, default=None, help=f"for MFU (default {CUDA_PEAK_TFLOPS} on CUDA)")
+    perf.add_argument("--card", default=defaults.card, help="training card for the loader measurement")
+    perf.add_argument("--data-root", default=defaults.data_root)
+    perf.add_argument("--loader-workers", type=int, default=defaults.loader_workers)
+    perf.add_argument("--loader-batches", type=int, default=defaults.loader_batches)
+    perf.add_argument("--out", default="results/perf", help="folder of <backbone>-<device>.csv and .png")
+    perf.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    perf.set_defaults(handler=cmd_perf)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is visible")
+    for flag in ("steps", "repeats", "loader_batches"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
+    return Settings(
+        backbone=args.backbone,
+        batch_size=args.batch_size or (32 if device == "cuda" else 8),
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        device=device,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        img_size=args.img_size,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        peak_tflops=args.peak_tflops,
+        card=args.card,
+        data_root=args.data_root,
+        loader_workers=args.loader_workers,
+        loader_batches=args.loader_batches,
+    )
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    """Measure, print the table (or ``--json``) and write ``<out>/<backbone>-<device>.csv`` and ``.png``."""
+    s = settings_from_args(args)
+    try:
+        rows = measure(s, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except PerfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    stem = f"{Path(args.out) / s.backbone.replace('/', '_')}-{s.device}"
+    title = (
+        f"bench perf: {s.backbone}, batch {s.batch_size}, {s.device}, {s.steps} steps after {s.warmup} warm-up,"
+        f" {s.repeats} interleaved repeats"
+    )
+    write_csv(rows, Path(f"{stem}.csv"))
+    plot(rows, Path(f"{stem}.png"), title)
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows, title))
+    if not args.json:
+        print(f"written: {stem}.csv, {stem}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv))

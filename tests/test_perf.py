@@ -1,0 +1,104 @@
+"""``bench perf``: every column from real worker processes, the interleaved order, and dense vs low-rank rows."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bench import perf
+from bench.config import ConfigError
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    perf.add_perf_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["perf", *argv])
+    return args.handler(args)
+
+
+def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, capsys) -> None:
+    argv = ["--backbone", "test_vit", "--img-size", "32", "--methods", "masm", "--device", "cpu", "--steps", "2"]
+    argv += ["--warmup", "1", "--repeats", "1", "--card", tiny_cards[0], "--loader-batches", "2"]
+    argv += ["--peak-tflops", "1", "--out", str(tmp_path), "--json"]
+    assert _run(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["full-ft", "masm"]
+    for row in rows:
+        assert set(perf.COLUMNS) <= row.keys()
+        numbers = [row[c] for c in perf.COLUMNS if c != "method"]
+        assert all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in numbers), row
+    assert rows[0]["step_vs_fullft"] == 1.0 and rows[1]["trainable_params"] < rows[0]["trainable_params"]
+    with (tmp_path / "test_vit-cpu.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["method"] for r in table] == ["full-ft", "masm"] and set(perf.COLUMNS) <= table[0].keys()
+    assert (tmp_path / "test_vit-cpu.png").stat().st_size > 0
+
+
+def _fake_result(row: str | None) -> dict[str, Any]:
+    if row is None:
+        return {"loader_img_s": 100.0}
+    scale = 1.0 if row == "full-ft" else 0.5
+    return {
+        "method": row,
+        "trainable_params": int(1000 * scale),
+        "total_params": 1000,
+        "step_times": [0.2 * scale, 0.1 * scale, 0.3 * scale],
+        "eval_img_s": 90.0,
+        "plain_eval_img_s": 100.0,
+        "peak_mem_mb": 300.0 * scale + 100,
+        "base_mem_mb": 100.0,
+        "setup_cold_s": 1.0,
+        "setup_cached_s": 0.1,
+        "step_flop": 4e11,
+    }
+
+
+def test_rows_are_interleaved_with_full_ft_as_reference(monkeypatch) -> None:
+    order: list[str | None] = []
+
+    def spawn(s: perf.Settings, row: str | None) -> dict[str, Any]:
+        order.append(row)
+        return _fake_result(row)
+
+    monkeypatch.setattr(perf, "_spawn", spawn)
+    rows = perf.measure(perf.Settings(methods=("lora", "masm:routing=none:dense=true"), repeats=2))
+    assert order == ["full-ft", "lora", "masm:routing=none:dense=true", None] * 2
+    lora = rows[1]
+    assert lora["step_s"] == pytest.approx(0.1) and lora["step_vs_fullft"] == pytest.approx(0.5)
+    assert lora["mem_vs_fullft"] == pytest.approx(250 / 400) and lora["mem_over_base_vs_fullft"] == pytest.approx(0.5)
+    assert lora["eval_vs_plain"] == pytest.approx(0.9) and lora["mfu"] is None
+    assert lora["loader_vs_train"] == pytest.approx(100 / (8 / 0.1))
+    assert "dense" in perf.format_table(rows, "title")
+
+
+@pytest.mark.parametrize("spec", ["masm:dense=true", "nope", "masm:K", "masm:colour=red"])
+def test_bad_rows_fail_before_any_process(spec: str, monkeypatch) -> None:
+    monkeypatch.setattr(perf, "_spawn", lambda s, row: pytest.fail("no worker may start"))
+    with pytest.raises(ConfigError):
+        perf.measure(perf.Settings(methods=(spec,)))
+
+
+def test_dense_and_low_rank_rows_give_the_same_loss_and_factor_gradients() -> None:
+    from bench.backbone import create_backbone
+    from bench.config import ModelConfig
+
+    cfg = ModelConfig(name="test_vit", pretrained=False, img_size=32)
+    batch = perf.synthetic_batch(8, 32, torch.device("cpu"))
+    results = []
+    for spec in ("masm:routing=none", "masm:routing=none:dense=true"):
+        method, options = perf._resolve(spec)
+        model = method.build(create_backbone(cfg, seed=0).double(), options).double().train()
+        parts = perf.forward_backward(model, (batch[0].double(), *batch[1:]), torch.device("cpu"))
+        results.append((parts, {n: p.grad for n, p in model.trainable_parameters()}))
+    (low_parts, low_grads), (dense_parts, dense_grads) = results
+    assert dense_parts == pytest.approx(low_parts, rel=1e-10)
+    assert low_grads.keys() == dense_grads.keys()
+    for name, grad in low_grads.items():
+        torch.testing.assert_close(dense_grads[name], grad, rtol=1e-8, atol=1e-10)
