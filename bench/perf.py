@@ -443,7 +443,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Set
         r["params_vs_fullft"] = r["trainable_params"] / ref["trainable_params"]
         r["step_vs_fullft"] = r["step_s"] / ref["step_s"]
         r["mem_vs_fullft"] = r["peak_mem_mb"] / ref["peak_mem_mb"]
-        r["mem_over_base_vs_fullft"] = (r["peak_mem_mb"] - r["base_mem_mb"]) / (ref["peak_mem_mb"] - ref["base_mem_mb"])
+        ref_growth = ref["peak_mem_mb"] - ref["base_mem_mb"]  # 0 when a tiny model never beats the import peak
+        growth = r["peak_mem_mb"] - r["base_mem_mb"]
+        r["mem_over_base_vs_fullft"] = growth / ref_growth if ref_growth > 0 else None
     return out
 
 
