@@ -91,7 +91,7 @@ class OptimConfig:
     accumulate: int = 1
 
     def __post_init__(self) -> None:
-        _choice("optim.schedule", self.schedule, ("constant", "cosine"))
+        check_choice("optim.schedule", self.schedule, ("constant", "cosine"))
         _positive("optim.lr", self.lr)
         _positive("optim.accumulate", self.accumulate)
         if len(self.betas) != 2:
@@ -123,7 +123,7 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.checkpoint_every", self.checkpoint_every)
@@ -149,7 +149,7 @@ class EvalConfig:
     perturbations: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _choice("eval.select_metric", self.select_metric, ("auc", "ap", "acc", "video_auc"))
+        check_choice("eval.select_metric", self.select_metric, ("auc", "ap", "acc", "video_auc"))
         self.perturbation_levels()
 
     def perturbation_levels(self) -> list[tuple[str, int]]:
@@ -195,7 +195,7 @@ class LaunchConfig:
     slurm_array_parallelism: int = 64
 
     def __post_init__(self) -> None:
-        _choice("launch.launcher", self.launcher, ("local", "debug", "slurm"))
+        check_choice("launch.launcher", self.launcher, ("local", "debug", "slurm"))
 
 
 @dataclass
@@ -239,7 +239,8 @@ _SECTION_CLASSES: dict[str, type] = {
 }
 
 
-def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+def check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    """Raise a one-line ConfigError naming ``key`` unless ``value`` is one of ``valid``."""
     if value not in valid:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from bench import distributed
 from bench.adapter import Adapter
-from bench.config import ConfigError
+from bench.config import ConfigError, check_choice
 from bench.diagnostics import pairwise_angles, weight_report
 from bench.registry import register_method, register_variant
 from methods import masks
@@ -102,8 +102,7 @@ class MASMOptions:
             "spectral": ("tail", "energy", "none"),
         }
         for key, valid in choices.items():
-            if getattr(self, key) not in valid:
-                raise ConfigError(f"method.options.{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
+            check_choice(f"method.options.{key}", getattr(self, key), valid)
         if self.dense and self.routing != "none":
             raise ConfigError("method.options.dense needs routing: none (routing uses the low-rank forward)")
 
