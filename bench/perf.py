@@ -5,7 +5,8 @@ leak into each other, and the rows are interleaved over the repeats (A B C ... A
 hits all alike. A worker times the loop's training step as ``bench/train.py`` runs it (``training_loss`` under
 autocast, backward, ``before_optimizer_step``, gradient clipping, AdamW, ``after_optimizer_step``) on synthetic
 batches of reals and fakes of :data:`K_METHODS` forgery methods, so routing and the constraints run as in training.
-It then times evaluation under ``evaluating()`` (merged weights) and, in the same process, the plain backbone's.
+It then times evaluation under ``evaluating()`` (merged weights) and, in the same process and batch for batch in
+turn, the plain backbone's.
 
 A row is a registered method with optional option overrides, ``name[:key=value...]`` (values in YAML syntax), e.g.
 ``masm:routing=none:dense=true``.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import resource
 import statistics
@@ -64,6 +66,7 @@ COLUMNS = (
     "trainable_params",
     "params_vs_fullft",
     "step_s",
+    "step_spread",
     "step_vs_fullft",
     "train_img_s",
     "eval_img_s",
@@ -84,7 +87,10 @@ COLUMNS = (
 NOTES = (
     "step_s: median training step (forward, backward, the method's losses and hooks, clipping, AdamW) over all"
     " repeats; *_vs_fullft: ratio to the full-ft row of this run",
-    "eval_vs_plain: evaluation throughput (merged weights) over the plain timm backbone's, timed in the same process",
+    "step_spread: (slowest - fastest) of the row's per-process median steps over step_s: step ratios that differ by"
+    " less than the rows' spreads are not told apart by this run (more --repeats narrow it)",
+    "eval_vs_plain: evaluation throughput (merged weights) over the plain timm backbone's, timed in the same process"
+    " with batches alternating",
     "peak_mem_mb: peak RSS of the row's own process on CPU (CUDA max_memory_allocated on GPU) up to the end of"
     " training; base_mem_mb: RSS after imports (torch's libraries); mem_over_base_vs_fullft: (peak - base) over"
     " full-ft's",
@@ -181,32 +187,37 @@ def synthetic_batch(batch_size: int, size: int, device: torch.device) -> Batch:
     return images.to(device), labels.to(device), methods.to(device)
 
 
-def _times(fn: Callable[[], object], warmup: int, steps: int, sync: Callable[[], None]) -> list[float]:
-    """Seconds per call of ``fn`` (``sync`` waits for the device), after ``warmup`` untimed calls."""
+def _times(fns: list[Callable[[], object]], warmup: int, steps: int, sync: Callable[[], None]) -> list[list[float]]:
+    """Seconds per call of each of ``fns`` (``sync`` waits for the device), after ``warmup`` untimed rounds.
+
+    The functions alternate within every round, so drift of a shared machine hits them alike.
+    """
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync()
-    out = []
+    out: list[list[float]] = [[] for _ in fns]
     for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - start)
+        for fn, times in zip(fns, out, strict=True):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
     return out
 
 
 def forward_backward(model: Adapter, batch: Batch, device: torch.device) -> dict[str, float]:
     """The method's loss under autocast and its backward pass, as ``bench/train.py`` runs them (accumulate 1)."""
-    import torch
 
-    from bench.train import autocast
+    from bench.train import autocast, read_losses
 
     with autocast(device, True):
         loss, parts = model.training_loss(*batch)
-    if not torch.isfinite(loss):
-        raise PerfError(f"non-finite loss {loss.item()}")
+    values = read_losses(loss, parts)  # the loop reads them every step
+    if not math.isfinite(values["loss"]):
+        raise PerfError(f"non-finite loss {values['loss']}")
     loss.backward()
-    return {k: float(v) for k, v in {"loss": loss.detach(), **parts}.items()}  # the loop logs them every step
+    return values
 
 
 def train_step(
@@ -263,9 +274,11 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         sync()
         return model, time.perf_counter() - start
 
-    def evaluation(model: Adapter) -> list[float]:
-        with model.evaluating():
-            return _times(lambda: eval_batch(model, images, device), s.warmup, s.steps, sync)
+    def evaluation(model: Adapter, plain: Adapter) -> list[list[float]]:
+        """Batch times of the method (merged weights) and of the plain backbone, alternating."""
+        with model.evaluating(), plain.evaluating():
+            fns = [lambda: eval_batch(model, images, device), lambda: eval_batch(plain, images, device)]
+            return _times(fns, s.warmup, s.steps, sync)
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ["BENCH_SVD_CACHE"] = cache
@@ -281,17 +294,17 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         model = _prepare(model, memory_format, s.compile)
         images = images.contiguous(memory_format=memory_format)
         steps = iter(range(s.warmup + s.steps))
-        step_times = _times(
-            lambda: train_step(model, optimizer, (images, labels, methods), device, next(steps)),
+        [step_times] = _times(
+            [lambda: train_step(model, optimizer, (images, labels, methods), device, next(steps))],
             s.warmup,
             s.steps,
             sync,
         )
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mb()
-        eval_times = evaluation(model)
+        plain = _prepare(Adapter(backbone()), memory_format, s.compile)  # the timm model as is
+        eval_times, plain_times = evaluation(model, plain)
         trainable_params, total_params = model.num_trainable(), sum(p.numel() for p in model.parameters())
         _, setup_cached = build()
-    plain_times = evaluation(_prepare(Adapter(backbone()), memory_format, s.compile))  # the timm model as is
     return {
         "method": row,
         "trainable_params": trainable_params,
@@ -411,6 +424,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Set
     out = []
     for row, results in runs.items():
         step_s = statistics.median(t for r in results for t in r["step_times"])
+        per_process = [statistics.median(r["step_times"]) for r in results]
         tflops = results[0]["step_flop"] / step_s / 1e12
 
         def median(key: str, results: list[dict[str, Any]] = results) -> float:
@@ -422,6 +436,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Set
                 "trainable_params": results[0]["trainable_params"],
                 "total_params": results[0]["total_params"],
                 "step_s": step_s,
+                "step_spread": (max(per_process) - min(per_process)) / step_s,
+                "step_range_s": (min(per_process), max(per_process)),
                 "train_img_s": s.batch_size / step_s,
                 "eval_img_s": median("eval_img_s"),
                 "plain_eval_img_s": median("plain_eval_img_s"),
@@ -499,7 +515,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.45 * len(rows) + 1.5), sharey=True)
     for ax, (key, label, ratio, unit) in zip(axes, panels, strict=True):
         values = [r[key] for r in rows]
-        bars = ax.barh(names, values, color="tab:blue" if key != "peak_mem_mb" else "tab:orange")
+        spans = [[r["step_s"] - r["step_range_s"][0] for r in rows], [r["step_range_s"][1] - r["step_s"] for r in rows]]
+        bars = ax.barh(
+            names,
+            values,
+            xerr=spans if key == "step_s" else None,  # the per-process medians' range
+            color="tab:blue" if key != "peak_mem_mb" else "tab:orange",
+        )
         ax.bar_label(bars, [f"{r[ratio]:.3g}{unit}" for r in rows], fontsize=7, padding=2)
         ax.set_xlabel(label)
         ax.set_xscale("log" if key == "trainable_params" else "linear")

@@ -105,6 +105,12 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
     return nullcontext()
 
 
+def read_losses(loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The loss and its named parts as floats, read from the device in one transfer (one sync per batch)."""
+    values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in parts.values())])
+    return dict(zip(["loss", *parts], values.tolist(), strict=True))
+
+
 def predict(model: Adapter, loader: Iterable[dict], device: torch.device, amp: bool, n: int) -> np.ndarray:
     """Probability of "fake" for each of the ``n`` items of ``loader``'s dataset (NaN where a frame was unreadable)."""
     scores = np.full(n, np.nan)
@@ -257,11 +263,13 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
             labels, methods = batch["label"].to(device), batch["method"].to(device)
             with autocast(device, cfg.train.amp):
                 loss, parts = loss_fn(images, labels, methods)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}: lower optim.lr or check the data")
+            values = read_losses(loss, parts)
+            if not math.isfinite(values["loss"]):
+                loss_value = values["loss"]
+                raise TrainingError(f"non-finite loss ({loss_value}) at step {step}: lower optim.lr or check the data")
             (loss / accumulate).backward()
-            for k, v in {"loss": loss.detach(), **parts}.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / accumulate
+            for k, v in values.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / accumulate
         model.before_optimizer_step(step)
         if cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)

@@ -72,7 +72,8 @@ class MASMOptions:
         spectral: ``tail`` (svdvals of the artifact part vs the initial tail), ``energy`` (Effort's
             keep-singular-value loss) or ``none``.
         lambda_spec: weight of the spectral loss (averaged over layers).
-        dense: materialise ``W_eff`` every step (Effort's released code; for benchmarks).
+        dense: materialise ``W_eff`` every step and let autograd form its dense gradient (Effort's released code;
+            for benchmarks).
         seed: seeds the ``random`` mask.
     """
 
@@ -163,12 +164,13 @@ class MASM(Adapter):
         self._active |= (counts > 0).cpu()
         self._update_loss_ema((per_sample.detach()[:, None] * weights).sum(0) / counts.clamp_min(1), counts > 0)
         loss = ce
-        if self.options.orth != "none":
-            parts["orth"] = torch.stack([ORTH[self.options.orth](m) for m in self.layers]).mean()
-            loss = loss + self.options.lambda_orth * parts["orth"]
-        if self.options.spectral != "none":
-            parts["spec"] = torch.stack([SPECTRAL[self.options.spectral](m) for m in self.layers]).mean()
-            loss = loss + self.options.lambda_spec * parts["spec"]
+        with torch.autocast(images.device.type, enabled=False):  # constraints in the factors' precision, never bf16
+            if self.options.orth != "none":
+                parts["orth"] = torch.stack([ORTH[self.options.orth](m) for m in self.layers]).mean()
+                loss = loss + self.options.lambda_orth * parts["orth"]
+            if self.options.spectral != "none":
+                parts["spec"] = torch.stack([SPECTRAL[self.options.spectral](m) for m in self.layers]).mean()
+                loss = loss + self.options.lambda_spec * parts["spec"]
         return loss, {k: v.detach() for k, v in parts.items()}
 
     @torch.no_grad()
@@ -227,7 +229,7 @@ class MASM(Adapter):
         """(layers, K) relative drift ``||dW_lk||_F / ||W_l||_F`` of each subspace's term since injection."""
         return torch.stack(
             [
-                torch.stack([m.delta_weight(k).norm() for k in range(self.K)]) / m.base_layer.weight.norm()
+                torch.stack([m.delta_weight(k).norm() for k in range(self.K)]) / m.pretrained_weight().norm()
                 for m in self.layers
             ]
         ).cpu()
@@ -252,7 +254,7 @@ class MASM(Adapter):
     @torch.no_grad()
     def diagnostics(self, folder: Path) -> dict[str, float]:
         named = {
-            n: (m.base_layer.weight, m.effective_weight()) for n, m in zip(self.layer_names, self.layers, strict=True)
+            n: (m.pretrained_weight(), m.effective_weight()) for n, m in zip(self.layer_names, self.layers, strict=True)
         }
         scalars, spectra = weight_report(named)
         angles = [pairwise_angles(_subspace_bases(m)) for m in self.layers] if self.K > 1 else []

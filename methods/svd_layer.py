@@ -3,10 +3,15 @@
 A target ``nn.Linear`` or ``nn.Conv2d`` (groups 1; its kernel read as an ``out x in*kh*kw`` matrix) with weight
 ``W = U diag(sigma) V^T`` (sigma descending, ``p = min(out, in)``) is wrapped by :class:`SubspaceLayer`:
 
-- the top ``p - K*r`` components form the frozen semantic part ``W_sem`` (non-persistent buffers, never trained);
+- the top ``p - K*r`` components form the frozen semantic part ``W_sem`` (never trained);
 - the tail ``K*r`` components are split into K contiguous blocks of rank r in descending order: subspace 0 holds the
   largest tail singular values, subspace K-1 the smallest. Subspace k trains ``U[k]``, ``s[k]`` and ``V[k]``;
 - ``W_eff = W_sem + sum_k U_k diag(s_k) V_k^T`` equals ``W`` at injection.
+
+``W_sem = W - W_tail0`` replaces the wrapped layer's frozen weight in place (``W_tail0``, the tail at injection, is
+kept as thin factors), so a wrapped layer costs no more memory than the pretrained weight plus rank-``K*r`` factors.
+The semantic bases that the orthogonality losses need are complements of the tail bases where a factor is square
+(``P_sem = I - U_tail0 U_tail0^T``); only the long side of a non-square weight keeps its semantic basis.
 
 A fused attention ``qkv`` Linear can be split into B = 3 row blocks (q, k, v), each decomposed on its own; every
 factor and semantic buffer carries that leading block dimension (B = 1 otherwise).
@@ -165,20 +170,25 @@ class SubspaceLayer(nn.Module):
     Forward paths, in order of precedence:
 
     - merged (:meth:`merge`, eval only): one plain linear/conv with ``W_eff``;
-    - ``dense``: ``W_eff`` materialised each call (Effort's released code does this);
-    - low rank (default): ``x W_sem^T + ((x V_A) * s_A) U_A^T + b``, which never forms a dense weight gradient.
+    - ``dense``: ``W_eff`` materialised each call and differentiated by autograd, which forms the dense weight
+      gradient ``g^T x`` (Effort's released code does this);
+    - low rank (default): ``x W_sem^T + ((x V_A) * s_A) U_A^T + b`` without a dense weight gradient. Linears run
+      :class:`LowRankLinear`; convolutions add a low-rank branch to the frozen ``W_sem`` convolution.
 
     Routing: when ``route`` is an (N, K) 0/1 tensor, subspace k's factors get gradient only from samples n with
-    ``route[n, k] == 1``; the output and the gradient with respect to the input stay exact. The routed path runs the
-    low-rank branch twice, once with live factors masked to the routed samples and once with detached factors for
-    the rest. ``route`` applies to every forward while set (see :func:`routing`) and is ignored without autograd.
+    ``route[n, k] == 1``; the output and the gradient with respect to the input stay exact. Linears mask the
+    samples in :class:`LowRankLinear`'s factor gradients; convolutions run live factors for the routed samples beside
+    detached factors for the others, as one branch of twice the rank. ``route`` applies to every forward while set
+    (see :func:`routing`) and is ignored without autograd.
 
-    Frozen, non-persistent buffers (rebuilt from the SVD, never in ``state_dict``): ``w_sem`` (out, in),
-    ``u_sem`` (B, out/B, p - K*r), ``v_sem`` (B, in, p - K*r), ``sigma_tail`` (B, K*r), the tail factors at
-    injection ``u_tail0`` and ``v_tail0``, and ``merged_weight`` (None unless merged).
+    ``base_layer.weight`` holds ``W_sem`` after injection (frozen, in ``state_dict``). Frozen, non-persistent buffers
+    (rebuilt from the SVD, never in ``state_dict``): ``sigma_tail`` (B, K*r), the tail factors at injection
+    ``u_tail0`` (B, out/B, K*r) and ``v_tail0`` (B, in, K*r); ``u_sem`` (B, out/B, p - K*r) only when ``out/B > in``
+    and ``v_sem`` (B, in, p - K*r) only when ``in > out/B`` (else None: the tail's complement is the semantic basis);
+    and ``merged_weight`` (None unless merged).
 
     Args:
-        base: the layer to wrap; its parameters are frozen and kept as ``base_layer`` (the pretrained weight).
+        base: the layer to wrap; its parameters are frozen and kept as ``base_layer``, its weight becomes ``W_sem``.
         K: number of artifact subspaces.
         r: rank of each subspace; ``K * r`` must not exceed ``min(out / blocks, in)``.
         blocks: equal row blocks decomposed separately (3 for a fused qkv Linear).
@@ -188,9 +198,8 @@ class SubspaceLayer(nn.Module):
 
     adapter_layer_names = ("U", "s", "V")
     base_layer: nn.Linear | nn.Conv2d
-    w_sem: Tensor
-    u_sem: Tensor
-    v_sem: Tensor
+    u_sem: Tensor | None
+    v_sem: Tensor | None
     sigma_tail: Tensor
     u_tail0: Tensor
     v_tail0: Tensor
@@ -227,16 +236,16 @@ class SubspaceLayer(nn.Module):
                 f"svd factors {tuple(u.shape)}, {tuple(v.shape)} do not fit the weight {tuple(weight.shape)}"
             )
         t = p - K * r
-        tail = (u[..., t:] * sigma[:, None, t:]) @ v[..., t:].mT
-        self.register_buffer("w_sem", matrix - tail.reshape(out, -1), persistent=False)
-        self.register_buffer("u_sem", u[..., :t], persistent=False)
-        self.register_buffer("v_sem", v[..., :t], persistent=False)
-        self.register_buffer("sigma_tail", sigma[:, t:], persistent=False)
-        self.register_buffer("u_tail0", u[..., t:], persistent=False)
-        self.register_buffer("v_tail0", v[..., t:], persistent=False)
+        own = torch.contiguous_format  # own storage, never a view of the full factors (e.g. a memory-mapped file)
+        self.register_buffer("u_sem", u[..., :t].clone(memory_format=own) if u.shape[1] > p else None, False)
+        self.register_buffer("v_sem", v[..., :t].clone(memory_format=own) if v.shape[1] > p else None, False)
+        self.register_buffer("sigma_tail", sigma[:, t:].clone(memory_format=own), persistent=False)
+        self.register_buffer("u_tail0", u[..., t:].clone(memory_format=own), persistent=False)
+        self.register_buffer("v_tail0", v[..., t:].clone(memory_format=own), persistent=False)
         self.register_buffer("merged_weight", None, persistent=False)
+        with torch.no_grad():
+            base.weight.sub_(self.initial_tail().reshape(weight.shape))  # W_sem, in place of W
         columns = [slice(t + k * r, t + (k + 1) * r) for k in range(K)]
-        own = torch.contiguous_format  # parameters get their own storage, never a view of a buffer
         self.U = nn.ParameterList(nn.Parameter(u[..., c].clone(memory_format=own)) for c in columns)
         self.s = nn.ParameterList(nn.Parameter(sigma[:, c].clone(memory_format=own)) for c in columns)
         self.V = nn.ParameterList(nn.Parameter(v[..., c].clone(memory_format=own)) for c in columns)
@@ -257,10 +266,25 @@ class SubspaceLayer(nn.Module):
         """All subspaces side by side: ``U_A`` (B, out/B, K*r), ``s_A`` (B, K*r), ``V_A`` (B, in, K*r)."""
         return torch.cat(tuple(self.U), -1), torch.cat(tuple(self.s), -1), torch.cat(tuple(self.V), -1)
 
+    def semantic_weight(self) -> Tensor:
+        """``W_sem`` as an (out, in) matrix (a conv kernel flattened to in*kh*kw columns)."""
+        weight = self.base_layer.weight
+        return weight.reshape(weight.shape[0], -1)
+
+    def initial_tail(self) -> Tensor:
+        """``W_tail0 = U_0 diag(sigma_tail) V_0^T``, the tail at injection, as an (out, in) matrix."""
+        tail = (self.u_tail0 * self.sigma_tail[:, None]) @ self.v_tail0.mT
+        return tail.reshape(-1, tail.shape[-1])
+
+    def pretrained_weight(self) -> Tensor:
+        """The wrapped layer's weight before injection, ``W = W_sem + W_tail0``, as an (out, in) matrix."""
+        return self.semantic_weight() + self.initial_tail()
+
     def effective_weight(self) -> Tensor:
-        """``W_eff`` as an (out, in) matrix (a conv kernel flattened to in*kh*kw columns)."""
+        """``W_eff = W_sem + U_A diag(s_A) V_A^T`` as an (out, in) matrix."""
         u, s, v = self.factors()
-        return self.w_sem + ((u * s[:, None]) @ v.mT).reshape(self.w_sem.shape)
+        matrix = self.semantic_weight()
+        return matrix + ((u * s[:, None]) @ v.mT).reshape(matrix.shape)
 
     def delta_weight(self, k: int) -> Tensor:
         """How far subspace k's term ``U_k diag(s_k) V_k^T`` moved since injection, as an (out, in) matrix.
@@ -270,7 +294,7 @@ class SubspaceLayer(nn.Module):
         b = slice(k * self.r, (k + 1) * self.r)
         now = (self.U[k] * self.s[k][:, None]) @ self.V[k].mT
         init = (self.u_tail0[..., b] * self.sigma_tail[:, None, b]) @ self.v_tail0[..., b].mT
-        return (now - init).reshape(self.w_sem.shape)
+        return (now - init).reshape(self.semantic_weight().shape)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -296,17 +320,18 @@ class SubspaceLayer(nn.Module):
             if route is not None:
                 raise ValueError("routing needs the low-rank forward; set dense=False")
             return self._op(x, self.effective_weight(), bias)
-        y = self._op(x, self.w_sem, bias)
         u, s, v = self.factors()
-        u = torch.block_diag(*u) if self.blocks > 1 else u[0]  # (out, B*K*r): block b feeds output rows of block b
-        v = v.permute(1, 0, 2).reshape(v.shape[1], -1)  # (in, B*K*r), columns ordered (block, subspace, rank)
+        u = torch.block_diag(*u) if self.blocks > 1 else u[0]  # (out, c): block b feeds output rows of block b
+        v = v.permute(1, 0, 2).reshape(v.shape[1], -1)  # (in, c), columns ordered (block, subspace, rank)
         s = s.reshape(-1)
-        if route is None or not torch.is_grad_enabled():
-            return y + self._up(self._down(x, v) * self._columns(s), u)
-        mask = self._route_mask(route, x)
-        live = self._down(x, v) * self._columns(s) * mask
-        frozen = self._down(x, v.detach()) * self._columns(s.detach()) * (1 - mask)
-        return y + self._up(live, u) + self._up(frozen, u.detach())
+        keep = self._route_mask(route, x) if route is not None and torch.is_grad_enabled() else None
+        if isinstance(self.base_layer, nn.Linear):
+            return LowRankLinear.apply(x, self.semantic_weight(), bias, u, s, v, keep)
+        if keep is not None:  # live factors for the routed samples beside detached ones for the others
+            u, v = torch.cat([u, u.detach()], -1), torch.cat([v, v.detach()], -1)
+            s = torch.cat([s * keep, s.detach() * (1 - keep)], -1)  # (N, 2c)
+        low_rank = self._op(x, v.mT, None) * s[..., None, None]
+        return self._op(x, self.semantic_weight(), bias) + F.conv2d(low_rank, u[..., None, None])
 
     def _op(self, x: Tensor, matrix: Tensor, bias: Tensor | None) -> Tensor:
         """The base layer's operation (with its stride, padding and dilation for a conv) with weight ``matrix``."""
@@ -319,26 +344,54 @@ class SubspaceLayer(nn.Module):
             return torch.func.functional_call(base, params, (x,))  # type: ignore[arg-type]
         return base._conv_forward(x, kernel, bias)
 
-    def _down(self, x: Tensor, v: Tensor) -> Tensor:
-        return self._op(x, v.mT, None)
-
-    def _up(self, z: Tensor, u: Tensor) -> Tensor:
-        if isinstance(self.base_layer, nn.Linear):
-            return F.linear(z, u)
-        return F.conv2d(z, u[..., None, None])
-
-    def _columns(self, t: Tensor) -> Tensor:
-        """``t`` (..., B*K*r) broadcastable over the low-rank activations (channels first for a conv)."""
-        return t[..., None, None] if isinstance(self.base_layer, nn.Conv2d) else t
-
     def _route_mask(self, route: Tensor, x: Tensor) -> Tensor:
-        """``route`` (N, K) expanded to the low-rank columns and broadcastable over the activations."""
+        """``route`` (N, K) as an (N, B*K*r) 0/1 mask over the low-rank columns."""
         if route.shape != (x.shape[0], self.K):
             raise ValueError(f"route has shape {tuple(route.shape)}; expected (batch, K) = ({x.shape[0]}, {self.K})")
-        mask = route.to(x)[:, None, :, None].expand(-1, self.blocks, -1, self.r).reshape(x.shape[0], -1)
-        if isinstance(self.base_layer, nn.Conv2d):
-            return self._columns(mask)
-        return mask.reshape(x.shape[0], *[1] * (x.ndim - 2), -1)
+        return route.to(x).repeat_interleave(self.r, dim=1).repeat(1, self.blocks)
+
+
+class LowRankLinear(torch.autograd.Function):
+    """``x (W_sem + U diag(s) V^T)^T + b`` whose backward never forms the dense weight gradient.
+
+    Forward and input gradient use ``W_eff`` (one matmul each, as a frozen layer costs); the factors get
+    ``dU = g^T (x V) diag(s)``, ``dV = x^T (g U) diag(s)`` and ``ds = sum (g U) * (x V)``. ``keep`` (N, c) or None
+    limits the factors' gradients of column j to the samples n with ``keep[n, j] == 1`` (routing); the output and
+    the input gradient stay exact. ``W_eff`` is rebuilt in the backward rather than saved.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        w_sem: Tensor,
+        bias: Tensor | None,
+        u: Tensor,
+        s: Tensor,
+        v: Tensor,
+        keep: Tensor | None,
+    ) -> Tensor:
+        ctx.save_for_backward(x, w_sem, u, s, v, keep)
+        return F.linear(x, torch.addmm(w_sem, u * s, v.mT), bias)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, w_sem, u, s, v, keep = ctx.saved_tensors  # type: ignore[attr-defined]
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        g, flat = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        dx = grad @ torch.addmm(w_sem, u * s, v.mT) if needs[0] else None
+        dw = g.mT @ flat if needs[1] else None
+        db = g.sum(0) if needs[2] else None
+        up, down = u.mT @ g.mT, v.mT @ flat.mT  # (c, N*T): column-major products run faster on CPU BLAS
+        if keep is not None:  # columns of sample n: n*T ... (n+1)*T - 1
+            cols = keep.mT[:, :, None].expand(-1, -1, len(flat) // len(keep)).reshape(len(up), -1)
+            up, down = up * cols, down * cols
+        du = (down @ g).mT * s if needs[3] else None
+        ds = (up * down).sum(1) if needs[4] else None  # keep is 0/1: masking both factors masks the product once
+        dv = (up @ flat).mT * s if needs[5] else None
+        return dx, dw, db, du, ds, dv, None
 
 
 def subspace_layers(model: nn.Module) -> Iterator[tuple[str, SubspaceLayer]]:
@@ -418,11 +471,27 @@ def inject(
     return names
 
 
+def semantic_part(a: Tensor, semantic: Tensor | None, tail0: Tensor) -> Tensor:
+    """A tensor whose Frobenius norm (per block) is ``||S^T a||_F``, ``S`` a layer's semantic basis on one side.
+
+    ``S`` is given (``semantic``) on the long side of a non-square weight. On a square side the semantic and
+    initial tail bases together span the whole space, so ``||S^T a|| = ||a - T_0 T_0^T a||`` and ``S`` is not needed.
+    """
+    if semantic is not None:
+        return semantic.mT @ a
+    return a - tail0 @ (tail0.mT @ a)
+
+
 def orth_loss(layer: SubspaceLayer) -> Tensor:
     """``||U_A^T U_A - I||^2 + ||V_A^T V_A - I||^2 + ||U_sem^T U_A||^2 + ||V_sem^T V_A||^2`` (squared Frobenius)."""
     u, _, v = layer.factors()
     eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
-    terms = (u.mT @ u - eye, v.mT @ v - eye, layer.u_sem.mT @ u, layer.v_sem.mT @ v)
+    terms = (
+        u.mT @ u - eye,
+        v.mT @ v - eye,
+        semantic_part(u, layer.u_sem, layer.u_tail0),
+        semantic_part(v, layer.v_sem, layer.v_tail0),
+    )
     return torch.stack([t.square().sum((1, 2)) for t in terms]).sum(0).mean()
 
 
@@ -444,7 +513,7 @@ def energy_loss(layer: SubspaceLayer) -> Tensor:
     ``||W_eff||^2 = ||W_sem||^2 + 2 <W_sem, W_A> + ||W_A||^2``, with ``<W_sem, W_A> = sum_j s_j u_j^T W_sem v_j``.
     """
     u, s, v = layer.factors()
-    w_sem = layer.w_sem.reshape(layer.blocks, u.shape[1], -1)
+    w_sem = layer.semantic_weight().reshape(layer.blocks, u.shape[1], -1)
     cross = ((w_sem @ v) * u).sum(1)
     own = (s[:, :, None] * (u.mT @ u) * (v.mT @ v) * s[:, None, :]).sum((1, 2))
     return (2 * (cross * s).sum(-1) + own - layer.sigma_tail.square().sum(-1)).abs().mean()
@@ -459,8 +528,8 @@ def effort_orth_loss(layer: SubspaceLayer) -> Tensor:
     u, _, v = layer.factors()
     eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
 
-    def deviation(sem: Tensor, a: Tensor) -> Tensor:
-        parts = ((a.mT @ a - eye).flatten(1), (sem.mT @ a).flatten(1) * math.sqrt(2))  # off-diagonal blocks twice
-        return torch.linalg.vector_norm(torch.cat(parts, 1), dim=1)
+    def deviation(a: Tensor, semantic: Tensor | None, tail0: Tensor) -> Tensor:
+        cross = semantic_part(a, semantic, tail0) * math.sqrt(2)  # the off-diagonal blocks count twice
+        return torch.linalg.vector_norm(torch.cat([(a.mT @ a - eye).flatten(1), cross.flatten(1)], 1), dim=1)
 
-    return (0.5 * deviation(layer.u_sem, u) + 0.5 * deviation(layer.v_sem, v)).mean()
+    return (0.5 * deviation(u, layer.u_sem, layer.u_tail0) + 0.5 * deviation(v, layer.v_sem, layer.v_tail0)).mean()

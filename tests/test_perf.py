@@ -32,8 +32,9 @@ def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, c
     assert [r["method"] for r in rows] == ["full-ft", "masm"]
     for row in rows:
         assert set(perf.COLUMNS) <= row.keys()
-        numbers = [row[c] for c in perf.COLUMNS if c not in ("method", "mem_over_base_vs_fullft")]
+        numbers = [row[c] for c in perf.COLUMNS if c not in ("method", "mem_over_base_vs_fullft", "step_spread")]
         assert all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in numbers), row
+        assert row["step_spread"] == 0  # one process per row
         assert row["mem_over_base_vs_fullft"] is None or row["mem_over_base_vs_fullft"] >= 0  # RSS is page-coarse
     assert rows[0]["step_vs_fullft"] == 1.0 and rows[1]["trainable_params"] < rows[0]["trainable_params"]
     with (tmp_path / "test_vit-cpu.csv").open() as fh:
@@ -42,10 +43,10 @@ def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, c
     assert (tmp_path / "test_vit-cpu.png").stat().st_size > 0
 
 
-def _fake_result(row: str | None) -> dict[str, Any]:
+def _fake_result(row: str | None, slower: float = 1.0) -> dict[str, Any]:
     if row is None:
         return {"loader_img_s": 100.0}
-    scale = 1.0 if row == "full-ft" else 0.5
+    scale = (1.0 if row == "full-ft" else 0.5) * slower
     return {
         "method": row,
         "trainable_params": int(1000 * scale),
@@ -66,16 +67,20 @@ def test_rows_are_interleaved_with_full_ft_as_reference(monkeypatch) -> None:
 
     def spawn(s: perf.Settings, row: str | None) -> dict[str, Any]:
         order.append(row)
-        return _fake_result(row)
+        return _fake_result(row, slower=1.1 if row == "lora" and order.count(row) == 2 else 1.0)
 
     monkeypatch.setattr(perf, "_spawn", spawn)
     rows = perf.measure(perf.Settings(methods=("lora", "masm:routing=none:dense=true"), repeats=2))
     assert order == ["full-ft", "lora", "masm:routing=none:dense=true", None] * 2
-    lora = rows[1]
-    assert lora["step_s"] == pytest.approx(0.1) and lora["step_vs_fullft"] == pytest.approx(0.5)
-    assert lora["mem_vs_fullft"] == pytest.approx(250 / 400) and lora["mem_over_base_vs_fullft"] == pytest.approx(0.5)
-    assert lora["eval_vs_plain"] == pytest.approx(0.9) and lora["mfu"] is None
-    assert lora["loader_vs_train"] == pytest.approx(100 / (8 / 0.1))
+    lora, dense = rows[1], rows[2]
+    assert dense["step_s"] == pytest.approx(0.1) and dense["step_vs_fullft"] == pytest.approx(0.5)
+    assert dense["step_spread"] == 0 and dense["step_range_s"] == (pytest.approx(0.1), pytest.approx(0.1))
+    assert lora["step_s"] == pytest.approx(0.105) and lora["step_vs_fullft"] == pytest.approx(0.525)
+    assert lora["step_range_s"] == (pytest.approx(0.1), pytest.approx(0.11))
+    assert lora["step_spread"] == pytest.approx(0.01 / 0.105)
+    assert dense["mem_vs_fullft"] == pytest.approx(250 / 400) and dense["mem_over_base_vs_fullft"] == pytest.approx(0.5)
+    assert dense["eval_vs_plain"] == pytest.approx(0.9) and dense["mfu"] is None
+    assert dense["loader_vs_train"] == pytest.approx(100 / (8 / 0.1))
     assert "dense" in perf.format_table(rows, "title")
 
 

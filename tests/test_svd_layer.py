@@ -14,6 +14,7 @@ from timm.layers import Conv2dSame
 from torch import Tensor, nn
 
 from methods.svd_layer import (
+    LowRankLinear,
     SubspaceLayer,
     SVDCache,
     effort_orth_loss,
@@ -104,20 +105,38 @@ def test_split_qkv_decomposes_q_k_v_separately() -> None:
     weight = model.blocks[0].attn.qkv.weight.detach().clone()
     inject(model, "attn", K=2, r=3)
     layer = model.blocks[0].attn.qkv
-    assert layer.blocks == 3 and layer.U[0].shape == (3, 64, 3) and layer.u_sem.shape == (3, 64, 58)
+    assert layer.blocks == 3 and layer.U[0].shape == (3, 64, 3) and layer.u_tail0.shape == (3, 64, 6)
     for b, rows in enumerate(weight.split(64)):
         sigma = torch.linalg.svdvals(rows)
         torch.testing.assert_close(layer.sigma_tail[b], sigma[-6:])
         torch.testing.assert_close(torch.cat([layer.s[0][b], layer.s[1][b]]), sigma[-6:])  # subspace 0: largest
     assert model.blocks[0].attn.proj.blocks == 1
     assert not any(p.requires_grad for p in layer.base_layer.parameters())
+    torch.testing.assert_close(layer.pretrained_weight(), weight, rtol=1e-12, atol=1e-14)
+    semantic = layer.base_layer.weight.detach().reshape(3, 64, 64)  # W_sem in place of W: rank 64 - 6 per block
+    assert (torch.linalg.svdvals(semantic)[:, -6:] < 1e-12).all() and (
+        torch.linalg.svdvals(semantic)[:, :58] > 1e-3
+    ).all()
+
+
+def test_only_the_long_side_of_a_non_square_weight_keeps_a_semantic_basis() -> None:
+    model = vit()
+    inject(model, "all", K=2, r=2)
+    qkv, fc1, fc2 = model.blocks[0].attn.qkv, model.blocks[0].mlp.fc1, model.blocks[0].mlp.fc2
+    assert qkv.u_sem is None and qkv.v_sem is None  # 64 x 64 blocks
+    assert fc1.u_sem is not None and fc1.u_sem.shape == (1, 192, 60) and fc1.v_sem is None  # 192 x 64
+    assert fc2.v_sem is not None and fc2.v_sem.shape == (1, 192, 60) and fc2.u_sem is None  # 64 x 192
+    attn = vit()
+    inject(attn, "attn", K=4, r=1)
+    tails = sum(m.blocks * (m.u_tail0.shape[1] + m.v_tail0.shape[1] + 1) * 4 for _, m in subspace_layers(attn))
+    assert sum(b.numel() for b in attn.buffers()) == tails == 6 * (3 * 129 + 129) * 4  # thin tail factors only
 
 
 def test_semantic_part_frozen_and_outside_state_dict() -> None:
     model = vit().requires_grad_(False)
     inject(model, "all", K=2, r=1)
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    assert {"w_sem", "u_sem", "v_sem", "sigma_tail"} <= {n.rsplit(".", 1)[-1] for n in buffers}
+    assert {"sigma_tail", "u_tail0", "v_tail0"} <= {n.rsplit(".", 1)[-1] for n in buffers}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.split(".")[-2] in SubspaceLayer.adapter_layer_names for n in trainable)
     state = model.state_dict()
@@ -174,6 +193,15 @@ def test_dense_and_low_rank_same_loss_and_factor_gradients(case: str) -> None:
     assert grads.keys() == dense_grads.keys() and len(grads) == 3 * 2 * len(list(subspace_layers(model)))
     for name, grad in grads.items():
         torch.testing.assert_close(dense_grads[name], grad, rtol=1e-9, atol=1e-12)
+
+
+def test_low_rank_linear_gradients_match_finite_differences() -> None:
+    g = torch.Generator().manual_seed(4)
+    x, w_sem, bias, u, s, v = (
+        torch.randn(shape, generator=g, dtype=F64, requires_grad=True)
+        for shape in ((2, 3, 5), (4, 5), (4,), (4, 2), (2,), (5, 2))
+    )
+    assert torch.autograd.gradcheck(LowRankLinear.apply, (x, w_sem, bias, u, s, v, None))
 
 
 def routed_run(model: nn.Module, x: Tensor, route: Tensor | None, samples: list[int] | None = None) -> Tensor:
@@ -268,7 +296,7 @@ def test_delta_weights_sum_to_the_change() -> None:
     layer = model.blocks[0].attn.qkv
     assert all(not layer.delta_weight(k).any() for k in range(3))
     perturb(model)
-    weight = layer.base_layer.weight
+    weight = layer.pretrained_weight()
     change = sum(layer.delta_weight(k) for k in range(3))
     torch.testing.assert_close(change, layer.effective_weight() - weight, rtol=1e-10, atol=1e-12)
 
@@ -300,11 +328,14 @@ def test_losses_zero_at_init_positive_after_perturbation(loss: Callable[[Subspac
 def naive_losses(layer: SubspaceLayer) -> dict[str, Tensor]:
     """The formulas of the spec, block by block, with dense matrices."""
     u, s, v = (torch.cat(list(ps), -1) for ps in (layer.U, layer.s, layer.V))
-    weight = layer.base_layer.weight.reshape(layer.blocks, u.shape[1], -1)
+    weight = layer.pretrained_weight().reshape(layer.blocks, u.shape[1], -1)
     w_eff = layer.effective_weight().reshape(weight.shape)
+    svd_u, sigmas, svd_vh = torch.linalg.svd(weight, full_matrices=False)  # the semantic bases, from scratch
+    t = sigmas.shape[-1] - u.shape[-1]
     out: dict[str, list[Tensor]] = {"orth": [], "spec": [], "energy": [], "effort": []}
     for b in range(layer.blocks):
-        ub, vb, us, vs, sigma = u[b], v[b], layer.u_sem[b], layer.v_sem[b], layer.sigma_tail[b]
+        ub, vb, sigma = u[b], v[b], layer.sigma_tail[b]
+        us, vs = svd_u[b, :, :t], svd_vh[b, :t].T
         eye = torch.eye(ub.shape[1], dtype=F64)
         out["orth"].append(
             torch.linalg.matrix_norm(ub.T @ ub - eye) ** 2
