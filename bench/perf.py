@@ -547,7 +547,12 @@ def add_perf_command(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     perf.add_argument("--steps", type=int, default=defaults.steps, help="timed steps (and eval batches) per process")
     perf.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps before them")
-    perf.add_argument("--repeats", type=int, default=defaults.repeats, help="interleaved rounds over the rows")
+    perf.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"interleaved rounds (default: {defaults.repeats} on CPU, where a shared machine drifts; 1 on CUDA)",
+    )
     perf.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
     perf.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     perf.add_argument("--channels-last", choices=("auto", "on", "off"), default=defaults.channels_last)
@@ -567,8 +572,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA device is visible")
-    for flag in ("steps", "repeats", "loader_batches"):
-        if getattr(args, flag) < 1:
+    repeats = args.repeats if args.repeats is not None else (1 if device == "cuda" else Settings.repeats)
+    for flag, value in (("steps", args.steps), ("repeats", repeats), ("loader_batches", args.loader_batches)):
+        if value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
     return Settings(
         backbone=args.backbone,
@@ -577,7 +583,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         device=device,
         steps=args.steps,
         warmup=args.warmup,
-        repeats=args.repeats,
+        repeats=repeats,
         img_size=args.img_size,
         compile=args.compile,
         channels_last=args.channels_last,

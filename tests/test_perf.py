@@ -84,6 +84,16 @@ def test_rows_are_interleaved_with_full_ft_as_reference(monkeypatch) -> None:
     assert "dense" in perf.format_table(rows, "title")
 
 
+def test_cpu_defaults_and_flag_checks() -> None:
+    parser = argparse.ArgumentParser()
+    perf.add_perf_command(parser.add_subparsers(dest="command", required=True))
+    settings = perf.settings_from_args(parser.parse_args(["perf", "--device", "cpu"]))
+    assert (settings.repeats, settings.batch_size, settings.methods) == (2, 8, perf.DEFAULT_METHODS)
+    for flag in ("--repeats", "--steps", "--loader-batches"):
+        with pytest.raises(ConfigError, match=f"{flag} must be at least 1"):
+            perf.settings_from_args(parser.parse_args(["perf", "--device", "cpu", flag, "0"]))
+
+
 @pytest.mark.parametrize("spec", ["masm:dense=true", "nope", "masm:K", "masm:colour=red"])
 def test_bad_rows_fail_before_any_process(spec: str, monkeypatch) -> None:
     monkeypatch.setattr(perf, "_spawn", lambda s, row: pytest.fail("no worker may start"))
