@@ -24,12 +24,13 @@ def _run(argv: list[str]) -> int:
 
 
 def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, capsys) -> None:
-    argv = ["--backbone", "test_vit", "--img-size", "32", "--methods", "masm", "--device", "cpu", "--steps", "2"]
+    """Every default row, 2 steps each, in real worker processes."""
+    argv = ["--backbone", "test_vit", "--img-size", "32", "--device", "cpu", "--steps", "2"]
     argv += ["--warmup", "1", "--repeats", "1", "--card", tiny_cards[0], "--loader-batches", "2"]
     argv += ["--peak-tflops", "1", "--out", str(tmp_path), "--json"]
     assert _run(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["method"] for r in rows] == ["full-ft", "masm"]
+    assert [r["method"] for r in rows] == list(perf.DEFAULT_METHODS)
     for row in rows:
         assert set(perf.COLUMNS) <= row.keys()
         numbers = [row[c] for c in perf.COLUMNS if c not in ("method", "mem_over_base_vs_fullft", "step_spread")]
@@ -39,7 +40,7 @@ def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, c
     assert rows[0]["step_vs_fullft"] == 1.0 and rows[1]["trainable_params"] < rows[0]["trainable_params"]
     with (tmp_path / "test_vit-cpu.csv").open() as fh:
         table = list(csv.DictReader(fh))
-    assert [r["method"] for r in table] == ["full-ft", "masm"] and set(perf.COLUMNS) <= table[0].keys()
+    assert [r["method"] for r in table] == list(perf.DEFAULT_METHODS) and set(perf.COLUMNS) <= table[0].keys()
     assert (tmp_path / "test_vit-cpu.png").stat().st_size > 0
 
 
