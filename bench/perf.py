@@ -208,7 +208,6 @@ def _times(fns: list[Callable[[], object]], warmup: int, steps: int, sync: Calla
 
 def forward_backward(model: Adapter, batch: Batch, device: torch.device) -> dict[str, float]:
     """The method's loss under autocast and its backward pass, as ``bench/train.py`` runs them (accumulate 1)."""
-
     from bench.train import autocast, read_losses
 
     with autocast(device, True):
@@ -513,9 +512,9 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     )
     names = [r["method"] for r in rows]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.45 * len(rows) + 1.5), sharey=True)
+    spans = [[r["step_s"] - r["step_range_s"][0] for r in rows], [r["step_range_s"][1] - r["step_s"] for r in rows]]
     for ax, (key, label, ratio, unit) in zip(axes, panels, strict=True):
         values = [r[key] for r in rows]
-        spans = [[r["step_s"] - r["step_range_s"][0] for r in rows], [r["step_range_s"][1] - r["step_s"] for r in rows]]
         bars = ax.barh(
             names,
             values,

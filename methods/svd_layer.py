@@ -373,7 +373,12 @@ class LowRankLinear(torch.autograd.Function):
         keep: Tensor | None,
     ) -> Tensor:
         ctx.save_for_backward(x, w_sem, u, s, v, keep)
-        return F.linear(x, torch.addmm(w_sem, u * s, v.mT), bias)
+        return F.linear(x, LowRankLinear.effective(w_sem, u, s, v), bias)
+
+    @staticmethod
+    def effective(w_sem: Tensor, u: Tensor, s: Tensor, v: Tensor) -> Tensor:
+        """``W_eff = W_sem + U diag(s) V^T``."""
+        return torch.addmm(w_sem, u * s, v.mT)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -381,7 +386,7 @@ class LowRankLinear(torch.autograd.Function):
         x, w_sem, u, s, v, keep = ctx.saved_tensors  # type: ignore[attr-defined]
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         g, flat = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-        dx = grad @ torch.addmm(w_sem, u * s, v.mT) if needs[0] else None
+        dx = grad @ LowRankLinear.effective(w_sem, u, s, v) if needs[0] else None
         dw = g.mT @ flat if needs[1] else None
         db = g.sum(0) if needs[2] else None
         up, down = u.mT @ g.mT, v.mT @ flat.mT  # (c, N*T): column-major products run faster on CPU BLAS
