@@ -37,6 +37,7 @@ from methods.svd_layer import (
     orth_loss,
     resolve_targets,
     routing,
+    shared_factors,
     spectral_loss,
     subspace_layers,
 )
@@ -125,6 +126,10 @@ SPECTRAL = {"tail": spectral_loss, "energy": energy_loss}
 class MASM(Adapter):
     """The backbone with SVD subspace layers, routing, masks and constraints."""
 
+    mask: Tensor
+    loss_ema: Tensor
+    active: Tensor
+
     def __init__(self, backbone: nn.Module, options: MASMOptions) -> None:
         super().__init__(backbone)
         self.options = options
@@ -142,34 +147,34 @@ class MASM(Adapter):
         self.history: list[Tensor] = []
         self.grad_stats = masks.GradStats(L, self.K, options.ema)
         self.generator = torch.Generator().manual_seed(options.seed)
-        self._active = torch.zeros(self.K, dtype=torch.bool)
+        self.register_buffer("active", torch.zeros(self.K, dtype=torch.bool), persistent=False)  # routed since step
 
     def route(self, methods: Tensor) -> Tensor | None:
         """(N, K) routing: a real reaches every subspace, a fake of method j only subspace j."""
         if self.options.routing == "none":
             return None
         fake = (methods >= 0) & (methods < self.K)
-        onehot = F.one_hot(methods.clamp(0, self.K - 1), self.K).bool() & fake[:, None]
+        onehot = methods[:, None] == torch.arange(self.K, device=methods.device)  # not F.one_hot: it syncs on CUDA
         return (onehot | ~fake[:, None]).float()
 
     def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         route = self.route(methods)
-        with routing(self.backbone, route):
+        with routing(self.backbone, route), shared_factors(self.layers) as stacks:
             logits = self(images)
         per_sample = F.cross_entropy(logits, labels, reduction="none")
         ce = per_sample.mean()
         parts: dict[str, Tensor] = {"ce": ce.detach()}
         weights = route if route is not None else torch.ones(len(labels), self.K, device=labels.device)
         counts = weights.sum(0)
-        self._active |= (counts > 0).cpu()
+        self.active |= counts > 0
         self._update_loss_ema((per_sample.detach()[:, None] * weights).sum(0) / counts.clamp_min(1), counts > 0)
         loss = ce
         with torch.autocast(images.device.type, enabled=False):  # constraints in the factors' precision, never bf16
             if self.options.orth != "none":
-                parts["orth"] = torch.stack([ORTH[self.options.orth](m) for m in self.layers]).mean()
+                parts["orth"] = torch.cat([ORTH[self.options.orth](s) for s in stacks]).mean()
                 loss = loss + self.options.lambda_orth * parts["orth"]
             if self.options.spectral != "none":
-                parts["spec"] = torch.stack([SPECTRAL[self.options.spectral](m) for m in self.layers]).mean()
+                parts["spec"] = torch.cat([SPECTRAL[self.options.spectral](s) for s in stacks]).mean()
                 loss = loss + self.options.lambda_spec * parts["spec"]
         return loss, {k: v.detach() for k, v in parts.items()}
 
@@ -193,18 +198,20 @@ class MASM(Adapter):
 
     def before_optimizer_step(self, step: int) -> None:
         """Record gradient statistics, then drop the gradients of masked and of unrouted (layer, subspace) factors."""
+        active = distributed.any_across(self.active)  # every process must drop the same gradients
+        flags = torch.cat([self.mask, self.active[None], active[None]]).cpu()  # one transfer
+        mask, local, active = flags[:-2], flags[-2], flags[-1]
         if self.options.mask == "gradsnr":
             for layer_index, layer in enumerate(self.layers):
                 for k in range(self.K):
                     grads = [p.grad for p in layer.subspace_parameters(k)]
-                    if self._active[k] and all(g is not None for g in grads):
+                    if local[k] and all(g is not None for g in grads):
                         self.grad_stats.update(layer_index, k, torch.cat([g.flatten() for g in grads]))
-        active = distributed.any_across(self._active)  # every process must drop the same gradients
-        frozen = ~self.mask.cpu() | ~active[None, :]
+        frozen = ~mask | ~active[None, :]
         for layer_index, k in frozen.nonzero().tolist():
             for p in self.layers[layer_index].subspace_parameters(k):
                 p.grad = None
-        self._active.zero_()
+        self.active.zero_()
 
     def after_optimizer_step(self, step: int) -> None:
         if self.options.mask != "none" and (step + 1) % self.options.mask_every == 0:

@@ -16,7 +16,10 @@ The semantic bases that the orthogonality losses need are complements of the tai
 A fused attention ``qkv`` Linear can be split into B = 3 row blocks (q, k, v), each decomposed on its own; every
 factor and semantic buffer carries that leading block dimension (B = 1 otherwise).
 
-The constraint losses below return the mean over a layer's blocks; callers average them over layers.
+A training step stacks the factors of same-shape layers once (:func:`shared_factors`): each layer's forward reads
+its slice, and the constraint losses below run batched over a :class:`FactorStack`, returning one value per layer
+(the mean over its blocks); callers average them over layers. On a GPU this turns a few thousand small kernel
+launches per step into a few dozen.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -179,7 +183,8 @@ class SubspaceLayer(nn.Module):
     ``route[n, k] == 1``; the output and the gradient with respect to the input stay exact. Linears mask the
     samples in :class:`LowRankLinear`'s factor gradients; convolutions run live factors for the routed samples beside
     detached factors for the others, as one branch of twice the rank. ``route`` applies to every forward while set
-    (see :func:`routing`) and is ignored without autograd.
+    (see :func:`routing`) and is ignored without autograd. ``shared``, when set (see :func:`shared_factors`), holds
+    this step's factors as slices of a :class:`FactorStack` and takes the place of :meth:`factors`.
 
     ``base_layer.weight`` holds ``W_sem`` after injection (frozen, in ``state_dict``). Frozen, non-persistent buffers
     (rebuilt from the SVD, never in ``state_dict``): ``sigma_tail`` (B, K*r), the tail factors at injection
@@ -228,6 +233,7 @@ class SubspaceLayer(nn.Module):
         self.base_layer = base
         self.K, self.r, self.blocks, self.dense = K, r, blocks, dense
         self.route: Tensor | None = None
+        self.shared: Factors | None = None
         self._custom_conv = isinstance(base, nn.Conv2d) and type(base).forward is not nn.Conv2d.forward
 
         u, sigma, v = (t.to(weight) for t in (svd if svd is not None else block_svd(weight, blocks)))
@@ -280,9 +286,9 @@ class SubspaceLayer(nn.Module):
         """The wrapped layer's weight before injection, ``W = W_sem + W_tail0``, as an (out, in) matrix."""
         return self.semantic_weight() + self.initial_tail()
 
-    def effective_weight(self) -> Tensor:
-        """``W_eff = W_sem + U_A diag(s_A) V_A^T`` as an (out, in) matrix."""
-        u, s, v = self.factors()
+    def effective_weight(self, factors: Factors | None = None) -> Tensor:
+        """``W_eff = W_sem + U_A diag(s_A) V_A^T`` as an (out, in) matrix, from ``factors`` or :meth:`factors`."""
+        u, s, v = factors if factors is not None else self.factors()
         matrix = self.semantic_weight()
         return matrix + ((u * s[:, None]) @ v.mT).reshape(matrix.shape)
 
@@ -316,17 +322,15 @@ class SubspaceLayer(nn.Module):
         bias, route = self.base_layer.bias, self.route
         if self.merged_weight is not None:
             return self._op(x, self.merged_weight, bias)
+        factors = self.shared if self.shared is not None else self.factors()
         if self.dense:
             if route is not None:
                 raise ValueError("routing needs the low-rank forward; set dense=False")
-            return self._op(x, self.effective_weight(), bias)
-        u, s, v = self.factors()
-        u = torch.block_diag(*u) if self.blocks > 1 else u[0]  # (out, c): block b feeds output rows of block b
-        v = v.permute(1, 0, 2).reshape(v.shape[1], -1)  # (in, c), columns ordered (block, subspace, rank)
-        s = s.reshape(-1)
+            return self._op(x, self.effective_weight(factors), bias)
         keep = self._route_mask(route, x) if route is not None and torch.is_grad_enabled() else None
         if isinstance(self.base_layer, nn.Linear):
-            return LowRankLinear.apply(x, self.semantic_weight(), bias, u, s, v, keep)
+            return LowRankLinear.apply(x, self.semantic_weight(), bias, *factors, keep)
+        u, s, v = (f[0] for f in factors)  # a convolution has one block
         if keep is not None:  # live factors for the routed samples beside detached ones for the others
             u, v = torch.cat([u, u.detach()], -1), torch.cat([v, v.detach()], -1)
             s = torch.cat([s * keep, s.detach() * (1 - keep)], -1)  # (N, 2c)
@@ -345,19 +349,21 @@ class SubspaceLayer(nn.Module):
         return base._conv_forward(x, kernel, bias)
 
     def _route_mask(self, route: Tensor, x: Tensor) -> Tensor:
-        """``route`` (N, K) as an (N, B*K*r) 0/1 mask over the low-rank columns."""
+        """``route`` (N, K) as an (N, K*r) 0/1 mask over the low-rank columns of every block."""
         if route.shape != (x.shape[0], self.K):
             raise ValueError(f"route has shape {tuple(route.shape)}; expected (batch, K) = ({x.shape[0]}, {self.K})")
-        return route.to(x).repeat_interleave(self.r, dim=1).repeat(1, self.blocks)
+        return route.to(x)[:, :, None].expand(-1, -1, self.r).flatten(1)  # no repeat_interleave: it syncs on CUDA
 
 
 class LowRankLinear(torch.autograd.Function):
-    """``x (W_sem + U diag(s) V^T)^T + b`` whose backward never forms the dense weight gradient.
+    """``x W_eff^T + b`` with ``W_eff = W_sem + U diag(s) V^T`` per row block, never forming the dense weight gradient.
 
-    Forward and input gradient use ``W_eff`` (one matmul each, as a frozen layer costs); the factors get
-    ``dU = g^T (x V) diag(s)``, ``dV = x^T (g U) diag(s)`` and ``ds = sum (g U) * (x V)``. ``keep`` (N, c) or None
-    limits the factors' gradients of column j to the samples n with ``keep[n, j] == 1`` (routing); the output and
-    the input gradient stay exact. ``W_eff`` is rebuilt in the backward rather than saved.
+    ``u`` (B, out/B, c), ``s`` (B, c), ``v`` (B, in, c): block b of ``W_eff``'s rows is
+    ``W_sem[b] + U_b diag(s_b) V_b^T``. Forward and input gradient use ``W_eff`` (one matmul each, as a frozen layer
+    costs); the factors get ``dU_b = g_b^T (x V_b) diag(s_b)``, ``dV_b = x^T (g_b U_b) diag(s_b)`` and
+    ``ds_b = sum (g_b U_b) * (x V_b)``, ``g_b`` the output gradient's columns of block b. ``keep`` (N, c) or None
+    limits the factors' gradients of column j (in every block) to the samples n with ``keep[n, j] == 1`` (routing);
+    the output and the input gradient stay exact. ``W_eff`` is rebuilt in the backward rather than saved.
     """
 
     @staticmethod
@@ -372,30 +378,36 @@ class LowRankLinear(torch.autograd.Function):
         v: Tensor,
         keep: Tensor | None,
     ) -> Tensor:
+        w_eff = LowRankLinear.effective(w_sem, u, s, v)  # bf16 under autocast
+        x = x.to(w_eff.dtype)  # cast once, as F.linear would, and saved in that precision for the backward
         ctx.save_for_backward(x, w_sem, u, s, v, keep)
-        return F.linear(x, LowRankLinear.effective(w_sem, u, s, v), bias)
+        return F.linear(x, w_eff, bias)
 
     @staticmethod
     def effective(w_sem: Tensor, u: Tensor, s: Tensor, v: Tensor) -> Tensor:
-        """``W_eff = W_sem + U diag(s) V^T``."""
-        return torch.addmm(w_sem, u * s, v.mT)
+        """``W_eff`` as an (out, in) matrix: one batched multiply-add over the blocks."""
+        blocks = u.shape[0]
+        return torch.baddbmm(w_sem.view(blocks, -1, w_sem.shape[-1]), u * s[:, None], v.mT).view(w_sem.shape)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, w_sem, u, s, v, keep = ctx.saved_tensors  # type: ignore[attr-defined]
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        blocks, rows, c = u.shape
         g, flat = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
         dx = grad @ LowRankLinear.effective(w_sem, u, s, v) if needs[0] else None
         dw = g.mT @ flat if needs[1] else None
         db = g.sum(0) if needs[2] else None
-        up, down = u.mT @ g.mT, v.mT @ flat.mT  # (c, N*T): column-major products run faster on CPU BLAS
+        g_blocks = g.view(-1, blocks, rows).transpose(0, 1)  # (B, N*T, out/B), a view
+        up, down = u.mT @ g_blocks.mT, v.mT @ flat.mT  # (B, c, N*T): column-major products run faster on CPU BLAS
         if keep is not None:  # columns of sample n: n*T ... (n+1)*T - 1
-            cols = keep.mT[:, :, None].expand(-1, -1, len(flat) // len(keep)).reshape(len(up), -1)
+            cols = keep.to(up.dtype).mT[:, :, None].expand(-1, -1, len(flat) // len(keep)).reshape(c, -1)
             up, down = up * cols, down * cols
-        du = (down @ g).mT * s if needs[3] else None
-        ds = (up * down).sum(1) if needs[4] else None  # keep is 0/1: masking both factors masks the product once
-        dv = (up @ flat).mT * s if needs[5] else None
+        s_cols = s[:, None]
+        du = (down @ g_blocks).mT * s_cols if needs[3] else None
+        ds = (up * down).sum(-1) if needs[4] else None  # keep is 0/1: masking both factors masks the product once
+        dv = (up @ flat).mT * s_cols if needs[5] else None
         return dx, dw, db, du, ds, dv, None
 
 
@@ -476,65 +488,151 @@ def inject(
     return names
 
 
-def semantic_part(a: Tensor, semantic: Tensor | None, tail0: Tensor) -> Tensor:
-    """A tensor whose Frobenius norm (per block) is ``||S^T a||_F``, ``S`` a layer's semantic basis on one side.
+@dataclass
+class FactorStack:
+    """Same-shape subspace layers side by side: their factors along a leading layer axis, one tensor each.
 
-    ``S`` is given (``semantic``) on the long side of a non-square weight. On a square side the semantic and
-    initial tail bases together span the whole space, so ``||S^T a|| = ||a - T_0 T_0^T a||`` and ``S`` is not needed.
+    ``u`` (L, B, out/B, c), ``s`` (L, B, c), ``v`` (L, B, in, c) are differentiable stacks of the layers' parameters
+    (columns ordered subspace by subspace, as :meth:`SubspaceLayer.factors`); ``u_tail0``, ``sigma_tail`` and
+    ``v_tail0`` stack the frozen tails. ``u_sem`` and ``v_sem`` list each layer's explicit semantic basis, or are None
+    where the tail's complement is the basis (same shapes: all layers of a stack are alike).
+    """
+
+    layers: list[SubspaceLayer]
+    u: Tensor
+    s: Tensor
+    v: Tensor
+    u_tail0: Tensor = field(init=False)
+    sigma_tail: Tensor = field(init=False)
+    v_tail0: Tensor = field(init=False)
+    u_sem: list[Tensor] | None = field(init=False)
+    v_sem: list[Tensor] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        layers = self.layers
+        self.u_tail0 = torch.stack([m.u_tail0 for m in layers])
+        self.sigma_tail = torch.stack([m.sigma_tail for m in layers])
+        self.v_tail0 = torch.stack([m.v_tail0 for m in layers])
+        self.u_sem = [m.u_sem for m in layers if m.u_sem is not None] or None  # all or none: same shapes
+        self.v_sem = [m.v_sem for m in layers if m.v_sem is not None] or None
+
+
+def _stack_subspaces(params: list[Tensor], layers: int) -> Tensor:
+    """``layers * K`` tensors (B, ..., r), layer-major, as one (layers, B, ..., K*r) tensor."""
+    stacked = torch.stack(params)
+    return stacked.unflatten(0, (layers, -1)).movedim(1, -2).flatten(-2)
+
+
+def stack_factors(layers: Sequence[SubspaceLayer]) -> list[FactorStack]:
+    """The layers grouped by kind, factor shapes, dtype and device (in first-seen order), one stack per group."""
+    groups: dict[tuple[object, ...], list[SubspaceLayer]] = {}
+    for m in layers:
+        u, v = m.U[0], m.V[0]
+        key = (type(m.base_layer), m.K, u.shape, v.shape, u.dtype, u.device)
+        groups.setdefault(key, []).append(m)
+    return [
+        FactorStack(
+            group,
+            _stack_subspaces([p for m in group for p in m.U], len(group)),
+            _stack_subspaces([p for m in group for p in m.s], len(group)),
+            _stack_subspaces([p for m in group for p in m.V], len(group)),
+        )
+        for group in groups.values()
+    ]
+
+
+@contextmanager
+def shared_factors(layers: Sequence[SubspaceLayer]) -> Iterator[list[FactorStack]]:
+    """Stack the layers' factors once and let every layer's forward inside the block read its slice.
+
+    Yields the stacks, for the constraint losses of the same step; gradients reach the parameters through them.
+    """
+    stacks = stack_factors(layers)
+    for stack in stacks:
+        for m, *factors in zip(stack.layers, stack.u.unbind(0), stack.s.unbind(0), stack.v.unbind(0), strict=True):
+            m.shared = tuple(factors)  # type: ignore[assignment]
+    try:
+        yield stacks
+    finally:
+        for m in layers:
+            m.shared = None
+
+
+def semantic_part(a: Tensor, semantic: list[Tensor] | None, tail0: Tensor) -> Tensor:
+    """A tensor whose Frobenius norm per (layer, block) is ``||S^T a||_F``, ``S`` the semantic basis on one side.
+
+    ``a`` and ``tail0`` are stacked (L, B, n, c). ``S`` is given per layer (``semantic``) on the long side of a
+    non-square weight. On a square side the semantic and initial tail bases together span the whole space, so
+    ``||S^T a|| = ||a - T_0 T_0^T a||`` and ``S`` is not needed.
     """
     if semantic is not None:
-        return semantic.mT @ a
+        return torch.stack([basis.mT @ part for basis, part in zip(semantic, a.unbind(0), strict=True)])
     return a - tail0 @ (tail0.mT @ a)
 
 
-def orth_loss(layer: SubspaceLayer) -> Tensor:
-    """``||U_A^T U_A - I||^2 + ||V_A^T V_A - I||^2 + ||U_sem^T U_A||^2 + ||V_sem^T V_A||^2`` (squared Frobenius)."""
-    u, _, v = layer.factors()
-    eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
+def _grams(stack: FactorStack) -> tuple[Tensor, Tensor]:
+    """``U_A^T U_A`` and ``V_A^T V_A`` per (layer, block)."""
+    return stack.u.mT @ stack.u, stack.v.mT @ stack.v
+
+
+def orth_loss(stack: FactorStack) -> Tensor:
+    """Per layer ``||U_A^T U_A - I||^2 + ||V_A^T V_A - I||^2 + ||U_sem^T U_A||^2 + ||V_sem^T V_A||^2`` (squared
+    Frobenius, mean over blocks)."""
+    gram_u, gram_v = _grams(stack)
+    eye = torch.eye(gram_u.shape[-1], dtype=gram_u.dtype, device=gram_u.device)
     terms = (
-        u.mT @ u - eye,
-        v.mT @ v - eye,
-        semantic_part(u, layer.u_sem, layer.u_tail0),
-        semantic_part(v, layer.v_sem, layer.v_tail0),
+        gram_u - eye,
+        gram_v - eye,
+        semantic_part(stack.u, stack.u_sem, stack.u_tail0),
+        semantic_part(stack.v, stack.v_sem, stack.v_tail0),
     )
-    return torch.stack([t.square().sum((1, 2)) for t in terms]).sum(0).mean()
+    return sum(t.square().sum((-2, -1)) for t in terms).mean(-1)  # type: ignore[union-attr]
 
 
-def spectral_loss(layer: SubspaceLayer) -> Tensor:
-    """``||svdvals(U_A diag(s_A) V_A^T) - sigma_tail||^2 / ||sigma_tail||^2``.
+def spectral_loss(stack: FactorStack) -> Tensor:
+    """Per layer ``||svdvals(U_A diag(s_A) V_A^T) - sigma_tail||^2 / ||sigma_tail||^2`` (mean over blocks).
 
-    The singular values come from QR factors of ``U_A`` and ``V_A`` and an SVD of the small ``R_U diag(s) R_V^T``.
+    The singular values are those of the small ``R_U diag(s) R_V^T``, with ``R`` the Cholesky factor of each
+    factor's Gram matrix (the R of its QR decomposition up to signs): batched, with no host sync of its own.
     """
-    u, s, v = layer.factors()
-    core = (torch.linalg.qr(u).R * s[:, None]) @ torch.linalg.qr(v).R.mT
-    ref = layer.sigma_tail
-    return ((torch.linalg.svdvals(core) - ref).square().sum(-1) / ref.square().sum(-1)).mean()
+    gram_u, gram_v = _grams(stack)
+    chol_u, chol_v = torch.linalg.cholesky_ex(gram_u).L, torch.linalg.cholesky_ex(gram_v).L  # gram = L L^T
+    core = (chol_u.mT * stack.s[..., None, :]) @ chol_v
+    ref = stack.sigma_tail
+    return ((torch.linalg.svdvals(core) - ref).square().sum(-1) / ref.square().sum(-1)).mean(-1)
 
 
-def energy_loss(layer: SubspaceLayer) -> Tensor:
-    """Effort's keep-singular-value loss ``| ||W_eff||_F^2 - ||W||_F^2 |`` without forming ``W_eff``.
+def energy_loss(stack: FactorStack) -> Tensor:
+    """Per layer Effort's keep-singular-value loss ``| ||W_eff||_F^2 - ||W||_F^2 |`` without forming ``W_eff``.
 
     Uses ``||W||^2 = ||W_sem||^2 + ||sigma_tail||^2`` and
     ``||W_eff||^2 = ||W_sem||^2 + 2 <W_sem, W_A> + ||W_A||^2``, with ``<W_sem, W_A> = sum_j s_j u_j^T W_sem v_j``.
     """
-    u, s, v = layer.factors()
-    w_sem = layer.semantic_weight().reshape(layer.blocks, u.shape[1], -1)
-    cross = ((w_sem @ v) * u).sum(1)
-    own = (s[:, :, None] * (u.mT @ u) * (v.mT @ v) * s[:, None, :]).sum((1, 2))
-    return (2 * (cross * s).sum(-1) + own - layer.sigma_tail.square().sum(-1)).abs().mean()
+    u, s, v = stack.u, stack.s, stack.v
+    blocks, rows = u.shape[1:3]
+    w_sem_v = torch.stack(
+        [m.semantic_weight().view(blocks, rows, -1) @ part for m, part in zip(stack.layers, v.unbind(0), strict=True)]
+    )
+    cross = (w_sem_v * u).sum(-2)
+    gram_u, gram_v = _grams(stack)
+    own = (s[..., :, None] * gram_u * gram_v * s[..., None, :]).sum((-2, -1))
+    return (2 * (cross * s).sum(-1) + own - stack.sigma_tail.square().sum(-1)).abs().mean(-1)
 
 
-def effort_orth_loss(layer: SubspaceLayer) -> Tensor:
-    """Effort's ``0.5 ||[U_r, U_res]^T [U_r, U_res] - I||_F + 0.5 ||[V_r, V_res]^T [V_r, V_res] - I||_F`` (not squared).
+def effort_orth_loss(stack: FactorStack) -> Tensor:
+    """Per layer Effort's ``0.5 ||[U_r, U_res]^T [U_r, U_res] - I||_F + 0.5 ||[V_r, V_res]^T [V_r, V_res] - I||_F``
+    (not squared, mean over blocks).
 
     ``U_r`` is the semantic basis, ``U_res = U_A``. The Gram matrix is assembled from its blocks; the semantic
     diagonal block ``U_r^T U_r - I`` is zero by construction (orthonormal SVD factors) and left out.
     """
-    u, _, v = layer.factors()
-    eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
+    gram_u, gram_v = _grams(stack)
+    eye = torch.eye(gram_u.shape[-1], dtype=gram_u.dtype, device=gram_u.device)
 
-    def deviation(a: Tensor, semantic: Tensor | None, tail0: Tensor) -> Tensor:
+    def deviation(gram: Tensor, a: Tensor, semantic: list[Tensor] | None, tail0: Tensor) -> Tensor:
         cross = semantic_part(a, semantic, tail0) * math.sqrt(2)  # the off-diagonal blocks count twice
-        return torch.linalg.vector_norm(torch.cat([(a.mT @ a - eye).flatten(1), cross.flatten(1)], 1), dim=1)
+        return torch.linalg.vector_norm(torch.cat([(gram - eye).flatten(-2), cross.flatten(-2)], -1), dim=-1)
 
-    return (0.5 * deviation(u, layer.u_sem, layer.u_tail0) + 0.5 * deviation(v, layer.v_sem, layer.v_tail0)).mean()
+    u_dev = deviation(gram_u, stack.u, stack.u_sem, stack.u_tail0)
+    v_dev = deviation(gram_v, stack.v, stack.v_sem, stack.v_tail0)
+    return (0.5 * u_dev + 0.5 * v_dev).mean(-1)

@@ -14,6 +14,7 @@ from timm.layers import Conv2dSame
 from torch import Tensor, nn
 
 from methods.svd_layer import (
+    FactorStack,
     LowRankLinear,
     SubspaceLayer,
     SVDCache,
@@ -24,7 +25,9 @@ from methods.svd_layer import (
     merged,
     orth_loss,
     routing,
+    shared_factors,
     spectral_loss,
+    stack_factors,
     subspace_layers,
 )
 
@@ -195,13 +198,29 @@ def test_dense_and_low_rank_same_loss_and_factor_gradients(case: str) -> None:
         torch.testing.assert_close(dense_grads[name], grad, rtol=1e-9, atol=1e-12)
 
 
-def test_low_rank_linear_gradients_match_finite_differences() -> None:
+@pytest.mark.parametrize("routed", [False, True])
+def test_low_rank_linear_gradients_match_finite_differences(routed: bool) -> None:
+    """Two row blocks of two rows, c = 2 columns; with routing, a finite-difference check of the masked gradients."""
     g = torch.Generator().manual_seed(4)
     x, w_sem, bias, u, s, v = (
         torch.randn(shape, generator=g, dtype=F64, requires_grad=True)
-        for shape in ((2, 3, 5), (4, 5), (4,), (4, 2), (2,), (5, 2))
+        for shape in ((2, 3, 5), (4, 5), (4,), (2, 2, 2), (2, 2), (2, 5, 2))
     )
-    assert torch.autograd.gradcheck(LowRankLinear.apply, (x, w_sem, bias, u, s, v, None))
+    keep = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=F64) if routed else None
+    if not routed:
+        assert torch.autograd.gradcheck(LowRankLinear.apply, (x, w_sem, bias, u, s, v, None))
+        return
+    out = LowRankLinear.apply(x, w_sem, bias, u, s, v, keep)
+    torch.testing.assert_close(out, LowRankLinear.apply(x, w_sem, bias, u, s, v, None))
+    weights = torch.randn(out.shape, generator=g, dtype=F64)
+    grads = torch.autograd.grad((out * weights).sum(), (u, s, v), retain_graph=True)
+    # column 1 of every block learns from sample 1 only: its gradient is that of sample 1's loss alone
+    only = torch.autograd.grad((out[1:] * weights[1:]).sum(), (u, s, v))
+    for got, alone in zip(grads, only, strict=True):
+        torch.testing.assert_close(got[..., 1], alone[..., 1])
+    plain = torch.autograd.grad((LowRankLinear.apply(x, w_sem, bias, u, s, v, None) * weights).sum(), (u, s, v))
+    for got, want in zip(grads, plain, strict=True):
+        torch.testing.assert_close(got[..., 0], want[..., 0])  # column 0 sees both samples
 
 
 def routed_run(model: nn.Module, x: Tensor, route: Tensor | None, samples: list[int] | None = None) -> Tensor:
@@ -312,17 +331,23 @@ def sample_layers() -> list[SubspaceLayer]:
     return [model.blocks[0].attn.qkv, model.blocks[0].mlp.fc1, model.blocks[0].mlp.fc2, cnn.conv_stem]
 
 
+def one(loss: Callable[[FactorStack], Tensor], layer: SubspaceLayer) -> Tensor:
+    """The loss of a single layer."""
+    [value] = loss(stack_factors([layer])[0])
+    return value
+
+
 @pytest.mark.parametrize("loss", LOSSES)
-def test_losses_zero_at_init_positive_after_perturbation(loss: Callable[[SubspaceLayer], Tensor]) -> None:
+def test_losses_zero_at_init_positive_after_perturbation(loss: Callable[[FactorStack], Tensor]) -> None:
     layers = sample_layers()
     for layer in layers:
-        value = loss(layer)
+        value = one(loss, layer)
         assert 0 <= value < 1e-10
         value.backward()
         assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
     for layer in layers:
         perturb(layer)
-        assert loss(layer) > 1e-6
+        assert one(loss, layer) > 1e-6
 
 
 def naive_losses(layer: SubspaceLayer) -> dict[str, Tensor]:
@@ -365,7 +390,42 @@ def test_fast_losses_equal_naive_formulas_on_random_factors() -> None:
         naive = naive_losses(layer)
         fast = {"orth": orth_loss, "spec": spectral_loss, "energy": energy_loss, "effort": effort_orth_loss}
         for key, fn in fast.items():
-            torch.testing.assert_close(fn(layer), naive[key], rtol=1e-10, atol=1e-10, msg=key)
+            torch.testing.assert_close(one(fn, layer), naive[key], rtol=1e-10, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_stacked_losses_equal_each_layers_own(loss: Callable[[FactorStack], Tensor]) -> None:
+    model = vit(F64)
+    inject(model, "all", K=2, r=2)
+    perturb(model, scale=0.5)
+    layers = [m for _, m in subspace_layers(model)]
+    stacks = stack_factors(layers)
+    assert [len(s.layers) for s in stacks] == [6, 6, 6, 6]  # qkv, proj, fc1, fc2 of test_vit's 6 blocks
+    assert [m for s in stacks for m in s.layers] == [m for kind in range(4) for m in layers[kind::4]]
+    batched = torch.cat([loss(s) for s in stacks])
+    torch.testing.assert_close(batched, torch.stack([one(loss, m) for s in stacks for m in s.layers]))
+
+
+def test_shared_factors_give_the_same_output_and_gradients() -> None:
+    model = vit(F64)
+    inject(model, "all", K=2, r=2)
+    perturb(model)
+    x = images(model)
+    route = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    layers = [m for _, m in subspace_layers(model)]
+    want, want_grads = (
+        routed_run(model, x, route),
+        {n: g.clone() for n, g in factor_grads(model).items() if g is not None},
+    )
+    with shared_factors(layers) as stacks:
+        assert all(m.shared is not None and m.shared[0].shape == m.factors()[0].shape for m in layers)
+        got = routed_run(model, x, route)
+    assert len(stacks) == 4 and all(m.shared is None for m in layers)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    got_grads = factor_grads(model)
+    assert want_grads.keys() == {n for n, g in got_grads.items() if g is not None}
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-10, atol=1e-14)
 
 
 def test_trainable_count_vit_large_attn() -> None:
