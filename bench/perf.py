@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +57,7 @@ DEFAULT_METHODS = (
     "masm:routing=none:targets=all:dense=true",
 )
 REFERENCE = "full-ft"
+PROFILE_STEPS = 3
 CUDA_PEAK_TFLOPS = 989.0
 """Dense bf16 peak of an H100/H200 SXM: the MFU denominator on CUDA unless ``--peak-tflops`` is given."""
 RESULT_PREFIX = "PERF-RESULT "
@@ -84,6 +85,10 @@ COLUMNS = (
     "loader_img_s",
     "loader_vs_train",
 )
+PROFILE_COLUMNS = ("prof_step_s", "prof_ops", "prof_kernels", "prof_syncs", "prof_device_busy")
+"""With ``--profile``: per profiled step, aten operators, CUDA kernel launches, host syncs, the GPU's busy share."""
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 NOTES = (
     "step_s: median training step (forward, backward, the method's losses and hooks, clipping, AdamW) over all"
     " repeats; *_vs_fullft: ratio to the full-ft row of this run",
@@ -100,6 +105,9 @@ NOTES = (
     "step_gflop: FLOPs of one forward and backward as run (torch FlopCounterMode); mfu: achieved / --peak-tflops",
     "loader_img_s: the training card through FrameDataset + DataLoader at the input size; loader_vs_train: over the"
     " row's train_img_s",
+    "with --profile: prof_* per step of torch.profiler's steps (after the timed ones): prof_ops aten operators,"
+    " prof_kernels CUDA kernel launches, prof_syncs host-device syncs, prof_device_busy GPU kernel time over wall"
+    " time (low: the host's launches limit the step); tables in <out>/profiles/",
 )
 
 
@@ -127,6 +135,8 @@ class Settings:
         data_root: where the card's data lives.
         loader_workers: DataLoader workers of the loader measurement.
         loader_batches: batches timed by the loader measurement.
+        profile_dir: where each worker writes a torch.profiler table of :data:`PROFILE_STEPS` more training steps;
+            None profiles nothing.
     """
 
     backbone: str = "vit_small_patch16_224"
@@ -144,6 +154,7 @@ class Settings:
     data_root: str = "data"
     loader_workers: int = 2
     loader_batches: int = 50
+    profile_dir: str | None = None
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
@@ -187,7 +198,7 @@ def synthetic_batch(batch_size: int, size: int, device: torch.device) -> Batch:
     return images.to(device), labels.to(device), methods.to(device)
 
 
-def _times(fns: list[Callable[[], object]], warmup: int, steps: int, sync: Callable[[], None]) -> list[list[float]]:
+def _times(fns: Sequence[Callable[[], object]], warmup: int, steps: int, sync: Callable[[], None]) -> list[list[float]]:
     """Seconds per call of each of ``fns`` (``sync`` waits for the device), after ``warmup`` untimed rounds.
 
     The functions alternate within every round, so drift of a shared machine hits them alike.
@@ -292,14 +303,16 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         memory_format = _memory_format(s, model)
         model = _prepare(model, memory_format, s.compile)
         images = images.contiguous(memory_format=memory_format)
-        steps = iter(range(s.warmup + s.steps))
-        [step_times] = _times(
-            [lambda: train_step(model, optimizer, (images, labels, methods), device, next(steps))],
-            s.warmup,
-            s.steps,
-            sync,
-        )
+        steps = iter(range(s.warmup + s.steps + PROFILE_STEPS))
+
+        def step() -> object:
+            return train_step(model, optimizer, (images, labels, methods), device, next(steps))
+
+        [step_times] = _times([step], s.warmup, s.steps, sync)
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mb()
+        profiled: dict[str, float | None] = {}
+        if s.profile_dir is not None:
+            profiled = profile_steps(step, sync, cuda, Path(s.profile_dir) / f"{_slug(row)}.txt", row)
         plain = _prepare(Adapter(backbone()), memory_format, s.compile)  # the timm model as is
         eval_times, plain_times = evaluation(model, plain)
         trainable_params, total_params = model.num_trainable(), sum(p.numel() for p in model.parameters())
@@ -316,7 +329,50 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         "setup_cold_s": setup_cold,
         "setup_cached_s": setup_cached,
         "step_flop": counter.get_total_flops(),
+        **profiled,
     }
+
+
+def _slug(row: str) -> str:
+    """A file name for a row: ``masm:routing=none`` -> ``masm_routing-none``."""
+    return row.replace(":", "_").replace("=", "-").replace("/", "-")
+
+
+def profile_steps(
+    step: Callable[[], object], sync: Callable[[], None], cuda: bool, path: Path, title: str
+) -> dict[str, float | None]:
+    """Run :data:`PROFILE_STEPS` steps under ``torch.profiler``; write its operator table to ``path``, return counts.
+
+    The table is sorted by GPU time on CUDA (which kernels take the step) and by CPU time otherwise.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    sync()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(PROFILE_STEPS):
+            step()
+        sync()
+        wall = (time.perf_counter() - start) / PROFILE_STEPS
+    events = prof.key_averages()
+
+    def per_step(keys: tuple[str, ...] | None = None, prefix: str = "") -> float:
+        return sum(e.count for e in events if (e.key in keys if keys else e.key.startswith(prefix))) / PROFILE_STEPS
+
+    device_s = sum(e.self_device_time_total for e in events) / PROFILE_STEPS / 1e6
+    out = {
+        "prof_step_s": wall,
+        "prof_ops": per_step(prefix="aten::"),
+        "prof_kernels": per_step(LAUNCH_EVENTS) if cuda else None,
+        "prof_syncs": per_step(SYNC_EVENTS) if cuda else None,
+        "prof_device_busy": device_s / wall if cuda else None,
+    }
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in out.items() if v is not None)
+    table = events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=40)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{title}: {PROFILE_STEPS} training steps, per step: {summary}\n{table}\n")
+    return out
 
 
 def _memory_format(s: Settings, model: Adapter) -> torch.memory_format:
@@ -395,21 +451,55 @@ def rows_in_order(methods: tuple[str, ...] | list[str]) -> list[str]:
     return list(dict.fromkeys([REFERENCE, *methods]))
 
 
-def measure(s: Settings, progress: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
-    """Measure every row ``s.repeats`` times, interleaved, and summarise them (see :func:`summarise`)."""
+def check_loader_batch(s: Settings) -> None:
+    """The loader measurement's batch must hold reals and every forgery method of the card (checked up front)."""
+    from bench.data.cards import load_card
+    from bench.data.loader import group_shares
+
+    card = load_card(s.card)
+    try:
+        group_shares(s.batch_size, len(card.methods) + 1)
+    except ValueError as err:
+        raise ConfigError(f"--batch-size {s.batch_size}: {err} of card {card.name!r}; raise --batch-size") from None
+
+
+def measure(
+    s: Settings, progress: Callable[[str], None] = lambda line: None
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Measure every row ``s.repeats`` times, interleaved, and summarise them (see :func:`summarise`).
+
+    A row whose worker fails is reported, not fatal: its later rounds are skipped and the other rows go on.
+    Returns the summary rows and the failures (row, or ``loader``, to the end of the worker's output).
+    """
     rows = rows_in_order(s.methods)
     for row in rows:
         _resolve(row)  # unknown methods and invalid options fail before any process starts
+    check_loader_batch(s)
     runs: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
     loader: list[float] = []
-    order = [*rows, None] * s.repeats  # None: the loader
-    for i, row in enumerate(order, 1):
-        progress(f"[{i}/{len(order)}] {row or 'loader'}")
-        if row is None:
-            loader.append(_spawn(s, None)["loader_img_s"])
+    failures: dict[str, str] = {}
+    order: list[str | None] = [*rows, None] * s.repeats  # None: the loader
+    for i, spec in enumerate(order, 1):
+        name = spec or "loader"
+        if name in failures:
+            continue
+        progress(f"[{i}/{len(order)}] {name}")
+        try:
+            result = _spawn(s, spec)
+        except PerfError as err:
+            failures[name] = str(err)
+            progress(f"{name} failed; its error follows the table")
+            continue
+        if spec is None:
+            loader.append(result["loader_img_s"])
+            progress(f"    {result['loader_img_s']:.4g} images/s")
         else:
-            runs[row].append(_spawn(s, row))
-    return summarise(runs, loader, s)
+            runs[spec].append(result)
+            progress(
+                f"    step {statistics.median(result['step_times']):.4g} s, peak {result['peak_mem_mb']:.0f} MiB,"
+                f" eval {result['eval_img_s']:.4g} images/s"
+            )
+    return summarise({row: results for row, results in runs.items() if results}, loader, s), failures
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Settings) -> list[dict[str, Any]]:
@@ -419,7 +509,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Set
     ratio (method and plain backbone timed side by side).
     """
     peak = s.peak_tflops if s.peak_tflops is not None else (CUDA_PEAK_TFLOPS if s.device == "cuda" else None)
-    loader_img_s = statistics.median(loader)
+    loader_img_s = statistics.median(loader) if loader else None
     out = []
     for row, results in runs.items():
         step_s = statistics.median(t for r in results for t in r["step_times"])
@@ -449,19 +539,30 @@ def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Set
                 "achieved_tflops": tflops,
                 "mfu": tflops / peak if peak else None,
                 "loader_img_s": loader_img_s,
-                "loader_vs_train": loader_img_s * step_s / s.batch_size,
+                "loader_vs_train": loader_img_s * step_s / s.batch_size if loader_img_s else None,
                 "repeats": len(results),
+                **{c: _median_or_none([r.get(c) for r in results]) for c in PROFILE_COLUMNS if c in results[0]},
             }
         )
-    ref = next(r for r in out if r["method"] == REFERENCE)
+    ref = next((r for r in out if r["method"] == REFERENCE), None)  # None: its worker failed, no ratios
     for r in out:
-        r["params_vs_fullft"] = r["trainable_params"] / ref["trainable_params"]
-        r["step_vs_fullft"] = r["step_s"] / ref["step_s"]
-        r["mem_vs_fullft"] = r["peak_mem_mb"] / ref["peak_mem_mb"]
-        ref_growth = ref["peak_mem_mb"] - ref["base_mem_mb"]  # 0 when a tiny model never beats the import peak
-        growth = r["peak_mem_mb"] - r["base_mem_mb"]
+        r["params_vs_fullft"] = r["trainable_params"] / ref["trainable_params"] if ref else None
+        r["step_vs_fullft"] = r["step_s"] / ref["step_s"] if ref else None
+        r["mem_vs_fullft"] = r["peak_mem_mb"] / ref["peak_mem_mb"] if ref else None
+        ref_growth = ref["peak_mem_mb"] - ref["base_mem_mb"] if ref else 0  # 0 also when a tiny model never beats
+        growth = r["peak_mem_mb"] - r["base_mem_mb"]  # the import peak
         r["mem_over_base_vs_fullft"] = growth / ref_growth if ref_growth > 0 else None
     return out
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """:data:`COLUMNS`, and :data:`PROFILE_COLUMNS` when the rows were profiled."""
+    return COLUMNS + tuple(c for c in PROFILE_COLUMNS if any(c in r for r in rows))
 
 
 def _format(key: str, value: Any) -> str:
@@ -471,15 +572,16 @@ def _format(key: str, value: Any) -> str:
         return value
     if key == "trainable_params":
         return f"{value:,}"
-    if key.endswith(("_vs_fullft", "_vs_plain", "_vs_train")) or key == "mfu":
+    if key.endswith(("_vs_fullft", "_vs_plain", "_vs_train", "_busy")) or key == "mfu":
         return f"{value:.3f}" if value < 10 else f"{value:.0f}"
     return f"{value:.4g}"
 
 
 def format_table(rows: list[dict[str, Any]], title: str) -> str:
     """A plain-text table of :data:`COLUMNS` with the notes below it."""
-    cells = [list(COLUMNS)] + [[_format(c, r[c]) for c in COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    columns = _columns(rows)
+    cells = [list(columns)] + [[_format(c, r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = [title]
     for line in cells:
         lines.append(
@@ -492,7 +594,7 @@ def format_table(rows: list[dict[str, Any]], title: str) -> str:
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[*COLUMNS, "total_params", "repeats"], extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=[*_columns(rows), "total_params", "repeats"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -521,7 +623,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             xerr=spans if key == "step_s" else None,  # the per-process medians' range
             color="tab:blue" if key != "peak_mem_mb" else "tab:orange",
         )
-        ax.bar_label(bars, [f"{r[ratio]:.3g}{unit}" for r in rows], fontsize=7, padding=2)
+        ax.bar_label(bars, ["" if r[ratio] is None else f"{r[ratio]:.3g}{unit}" for r in rows], fontsize=7, padding=2)
         ax.set_xlabel(label)
         ax.set_xscale("log" if key == "trainable_params" else "linear")
         ax.margins(x=0.3)
@@ -562,6 +664,11 @@ def add_perf_command(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--loader-batches", type=int, default=defaults.loader_batches)
     perf.add_argument("--out", default="results/perf", help="folder of <backbone>-<device>.csv and .png")
     perf.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    perf.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"profile {PROFILE_STEPS} more training steps per row (torch.profiler): prof_* columns, <out>/profiles/",
+    )
     perf.set_defaults(handler=cmd_perf)
 
 
@@ -591,16 +698,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         data_root=args.data_root,
         loader_workers=args.loader_workers,
         loader_batches=args.loader_batches,
+        profile_dir=str(Path(args.out) / "profiles") if args.profile else None,
     )
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
     """Measure, print the table (or ``--json``) and write ``<out>/<backbone>-<device>.csv`` and ``.png``."""
     s = settings_from_args(args)
-    try:
-        rows = measure(s, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except PerfError as err:
-        print(f"error: {err}", file=sys.stderr)
+    rows, failures = measure(s, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if not rows:
+        print(f"error: every perf worker failed; the first:\n{next(iter(failures.values()))}", file=sys.stderr)
         return 1
     stem = f"{Path(args.out) / s.backbone.replace('/', '_')}-{s.device}"
     title = (
@@ -612,7 +719,9 @@ def cmd_perf(args: argparse.Namespace) -> int:
     print(json.dumps(rows, indent=1) if args.json else format_table(rows, title))
     if not args.json:
         print(f"written: {stem}.csv, {stem}.png")
-    return 0
+    for name, err in failures.items():
+        print(f"error: {name} not measured: {err}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

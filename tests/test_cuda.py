@@ -58,9 +58,10 @@ def test_constraints_stay_float32_under_autocast() -> None:
 def test_perf_on_cuda_reports_mfu(tmp_path, tiny_cards, capsys) -> None:
     argv = ["--backbone", "test_vit", "--img-size", "32", "--methods", "masm", "--device", "cuda", "--steps", "2"]
     argv += ["--warmup", "1", "--card", tiny_cards[0], "--loader-batches", "2"]
-    argv += ["--out", str(tmp_path), "--json"]
+    argv += ["--out", str(tmp_path), "--json", "--profile"]
     assert _run(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in rows] == ["full-ft", "masm"]
     assert all(0 < r["mfu"] < 1 and r["peak_mem_mb"] > 0 for r in rows)
+    assert all(r["prof_kernels"] > 100 and r["prof_device_busy"] > 0 for r in rows)
     assert all(r["repeats"] == 1 and r["step_spread"] == 0 for r in rows)  # one process per row on CUDA by default

@@ -44,6 +44,25 @@ def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, c
     assert (tmp_path / "test_vit-cpu.png").stat().st_size > 0
 
 
+def test_profile_writes_a_table_per_row_and_its_counts(tmp_path: Path, tiny_cards, capsys) -> None:
+    argv = ["--backbone", "test_vit", "--img-size", "32", "--device", "cpu", "--steps", "1", "--warmup", "1"]
+    argv += ["--repeats", "1", "--card", tiny_cards[0], "--loader-batches", "1", "--methods", "masm:routing=none"]
+    argv += ["--out", str(tmp_path), "--profile"]
+    assert _run(argv) == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in perf.PROFILE_COLUMNS)
+    with (tmp_path / "test_vit-cpu.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["full-ft", "masm:routing=none"]
+    for row in rows:
+        assert float(row["prof_step_s"]) > 0 and float(row["prof_ops"]) > 100
+        assert row["prof_kernels"] == row["prof_syncs"] == row["prof_device_busy"] == ""  # CUDA only
+    for name in ("full-ft", "masm_routing-none"):
+        text = (tmp_path / "profiles" / f"{name}.txt").read_text()
+        assert text.startswith(f"{name.replace('_', ':').replace('-none', '=none')}: 3 training steps, per step:")
+        assert "aten::" in text
+
+
 def _fake_result(row: str | None, slower: float = 1.0) -> dict[str, Any]:
     if row is None:
         return {"loader_img_s": 100.0}
@@ -71,7 +90,13 @@ def test_rows_are_interleaved_with_full_ft_as_reference(monkeypatch) -> None:
         return _fake_result(row, slower=1.1 if row == "lora" and order.count(row) == 2 else 1.0)
 
     monkeypatch.setattr(perf, "_spawn", spawn)
-    rows = perf.measure(perf.Settings(methods=("lora", "masm:routing=none:dense=true"), repeats=2))
+    lines: list[str] = []
+    rows, failures = perf.measure(
+        perf.Settings(methods=("lora", "masm:routing=none:dense=true"), repeats=2), progress=lines.append
+    )
+    assert not failures
+    assert lines[:2] == ["[1/8] full-ft", "    step 0.2 s, peak 400 MiB, eval 90 images/s"]
+    assert lines[7] == "    100 images/s"  # the loader's
     assert order == ["full-ft", "lora", "masm:routing=none:dense=true", None] * 2
     lora, dense = rows[1], rows[2]
     assert dense["step_s"] == pytest.approx(0.1) and dense["step_vs_fullft"] == pytest.approx(0.5)
@@ -83,6 +108,50 @@ def test_rows_are_interleaved_with_full_ft_as_reference(monkeypatch) -> None:
     assert dense["eval_vs_plain"] == pytest.approx(0.9) and dense["mfu"] is None
     assert dense["loader_vs_train"] == pytest.approx(100 / (8 / 0.1))
     assert "dense" in perf.format_table(rows, "title")
+
+
+@pytest.mark.parametrize("failing", ["lora", "full-ft", None])
+def test_a_failed_worker_costs_its_row_only(failing: str | None, monkeypatch) -> None:
+    order: list[str | None] = []
+
+    def spawn(s: perf.Settings, row: str | None) -> dict[str, Any]:
+        order.append(row)
+        if row == failing:
+            raise perf.PerfError(f"worker for {row} failed")
+        return _fake_result(row)
+
+    monkeypatch.setattr(perf, "_spawn", spawn)
+    rows, failures = perf.measure(perf.Settings(methods=("lora", "masm"), repeats=3))
+    name = failing or "loader"
+    assert list(failures) == [name] and order.count(failing) == 1  # not retried in later rounds
+    assert [r["method"] for r in rows] == [m for m in ("full-ft", "lora", "masm") if m != failing]
+    masm = rows[-1]
+    assert masm["repeats"] == 3
+    assert (masm["step_vs_fullft"] is None) == (failing == "full-ft")  # no reference, no ratios
+    assert (masm["loader_img_s"] is None) == (failing is None)
+    assert "masm" in perf.format_table(rows, "title")
+
+
+def test_perf_command_keeps_the_rows_that_ran(tmp_path: Path, monkeypatch, capsys) -> None:
+    def spawn(s: perf.Settings, row: str | None) -> dict[str, Any]:
+        if row == "full-ft":
+            raise perf.PerfError("perf worker for full-ft failed (exit 1):\nCUDA out of memory")
+        return _fake_result(row)
+
+    monkeypatch.setattr(perf, "_spawn", spawn)
+    assert _run(["--device", "cpu", "--methods", "masm", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    assert "error: full-ft not measured: perf worker for full-ft failed" in out.err and "CUDA out of memory" in out.err
+    with (tmp_path / "vit_small_patch16_224-cpu.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [(r["method"], r["step_vs_fullft"]) for r in table] == [("masm", "")]
+    assert (tmp_path / "vit_small_patch16_224-cpu.png").stat().st_size > 0
+
+
+def test_loader_batch_too_small_fails_before_any_process(monkeypatch) -> None:
+    monkeypatch.setattr(perf, "_spawn", lambda s, row: pytest.fail("no worker may start"))
+    with pytest.raises(ConfigError, match="--batch-size 2: .*4 forgery methods of card 'offline-ff'"):
+        perf.measure(perf.Settings(batch_size=2))
 
 
 def test_cpu_defaults_and_flag_checks() -> None:
