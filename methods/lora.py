@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,12 @@ class LoRAOptions:
 
 
 class LoRA(Adapter):
-    """PEFT's LoRA layers injected in place; the base weights are frozen, the adapters and the head train."""
+    """PEFT's LoRA layers injected in place; the base weights are frozen, the adapters and the head train.
+
+    Evaluation runs merged weights (PEFT's ``merge``), at the plain backbone's cost. On exit the base weights are
+    restored from a copy rather than by subtracting the update again, so no rounding drift builds up over many
+    validations.
+    """
 
     def __init__(self, backbone: nn.Module, options: LoRAOptions) -> None:
         from peft import LoraConfig, inject_adapter_in_model
@@ -58,6 +65,21 @@ class LoRA(Adapter):
             for adapter in (layer.lora_A, layer.lora_B):
                 adapter.requires_grad_(True)
         backbone.get_classifier().requires_grad_(True)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        with super().evaluating():
+            layers = list(self.lora_layers.values())
+            pristine = [m.get_base_layer().weight.clone() for m in layers]
+            try:
+                for m in layers:
+                    m.merge()
+                yield
+            finally:
+                for m, weight in zip(layers, pristine, strict=True):
+                    if m.merged:
+                        m.unmerge()
+                    m.get_base_layer().weight.copy_(weight)
 
     @torch.no_grad()
     def diagnostics(self, folder: Path) -> dict[str, float]:
