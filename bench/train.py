@@ -265,8 +265,9 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
                 loss, parts = loss_fn(images, labels, methods)
             values = read_losses(loss, parts)
             if not math.isfinite(values["loss"]):
-                loss_value = values["loss"]
-                raise TrainingError(f"non-finite loss ({loss_value}) at step {step}: lower optim.lr or check the data")
+                raise TrainingError(
+                    f"non-finite loss ({values['loss']}) at step {step}: lower optim.lr or check the data"
+                )
             (loss / accumulate).backward()
             for k, v in values.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / accumulate

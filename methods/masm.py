@@ -166,8 +166,9 @@ class MASM(Adapter):
         parts: dict[str, Tensor] = {"ce": ce.detach()}
         weights = route if route is not None else torch.ones(len(labels), self.K, device=labels.device)
         counts = weights.sum(0)
-        self.active |= counts > 0
-        self._update_loss_ema((per_sample.detach()[:, None] * weights).sum(0) / counts.clamp_min(1), counts > 0)
+        seen = counts > 0
+        self.active |= seen
+        self._update_loss_ema((per_sample.detach()[:, None] * weights).sum(0) / counts.clamp_min(1), seen)
         loss = ce
         with torch.autocast(images.device.type, enabled=False):  # constraints in the factors' precision, never bf16
             if self.options.orth != "none":

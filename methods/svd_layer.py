@@ -29,7 +29,8 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -288,9 +289,7 @@ class SubspaceLayer(nn.Module):
 
     def effective_weight(self, factors: Factors | None = None) -> Tensor:
         """``W_eff = W_sem + U_A diag(s_A) V_A^T`` as an (out, in) matrix, from ``factors`` or :meth:`factors`."""
-        u, s, v = factors if factors is not None else self.factors()
-        matrix = self.semantic_weight()
-        return matrix + ((u * s[:, None]) @ v.mT).reshape(matrix.shape)
+        return LowRankLinear.effective(self.semantic_weight(), *(factors if factors is not None else self.factors()))
 
     def delta_weight(self, k: int) -> Tensor:
         """How far subspace k's term ``U_k diag(s_k) V_k^T`` moved since injection, as an (out, in) matrix.
@@ -385,7 +384,8 @@ class LowRankLinear(torch.autograd.Function):
 
     @staticmethod
     def effective(w_sem: Tensor, u: Tensor, s: Tensor, v: Tensor) -> Tensor:
-        """``W_eff`` as an (out, in) matrix: one batched multiply-add over the blocks."""
+        """``W_eff`` as a matrix shaped like ``w_sem`` (a conv kernel flattened): one batched multiply-add over the
+        blocks."""
         blocks = u.shape[0]
         return torch.baddbmm(w_sem.view(blocks, -1, w_sem.shape[-1]), u * s[:, None], v.mT).view(w_sem.shape)
 
@@ -493,28 +493,41 @@ class FactorStack:
     """Same-shape subspace layers side by side: their factors along a leading layer axis, one tensor each.
 
     ``u`` (L, B, out/B, c), ``s`` (L, B, c), ``v`` (L, B, in, c) are differentiable stacks of the layers' parameters
-    (columns ordered subspace by subspace, as :meth:`SubspaceLayer.factors`); ``u_tail0``, ``sigma_tail`` and
-    ``v_tail0`` stack the frozen tails. ``u_sem`` and ``v_sem`` list each layer's explicit semantic basis, or are None
-    where the tail's complement is the basis (same shapes: all layers of a stack are alike).
+    (columns ordered subspace by subspace, as :meth:`SubspaceLayer.factors`). Built on first use and kept for the
+    stack's step: ``u_tail0``, ``sigma_tail`` and ``v_tail0`` stack the frozen tails, ``grams`` holds ``U_A^T U_A``
+    and ``V_A^T V_A``. ``u_sem`` and ``v_sem`` list each layer's explicit semantic basis, or are None where the tail's
+    complement is the basis (same shapes: all layers of a stack are alike).
     """
 
     layers: list[SubspaceLayer]
     u: Tensor
     s: Tensor
     v: Tensor
-    u_tail0: Tensor = field(init=False)
-    sigma_tail: Tensor = field(init=False)
-    v_tail0: Tensor = field(init=False)
-    u_sem: list[Tensor] | None = field(init=False)
-    v_sem: list[Tensor] | None = field(init=False)
 
-    def __post_init__(self) -> None:
-        layers = self.layers
-        self.u_tail0 = torch.stack([m.u_tail0 for m in layers])
-        self.sigma_tail = torch.stack([m.sigma_tail for m in layers])
-        self.v_tail0 = torch.stack([m.v_tail0 for m in layers])
-        self.u_sem = [m.u_sem for m in layers if m.u_sem is not None] or None  # all or none: same shapes
-        self.v_sem = [m.v_sem for m in layers if m.v_sem is not None] or None
+    @cached_property
+    def u_tail0(self) -> Tensor:
+        return torch.stack([m.u_tail0 for m in self.layers])
+
+    @cached_property
+    def sigma_tail(self) -> Tensor:
+        return torch.stack([m.sigma_tail for m in self.layers])
+
+    @cached_property
+    def v_tail0(self) -> Tensor:
+        return torch.stack([m.v_tail0 for m in self.layers])
+
+    @property
+    def u_sem(self) -> list[Tensor] | None:
+        return [m.u_sem for m in self.layers if m.u_sem is not None] or None
+
+    @property
+    def v_sem(self) -> list[Tensor] | None:
+        return [m.v_sem for m in self.layers if m.v_sem is not None] or None
+
+    @cached_property
+    def grams(self) -> tuple[Tensor, Tensor]:
+        """``U_A^T U_A`` and ``V_A^T V_A`` per (layer, block), shared by the losses of the step."""
+        return self.u.mT @ self.u, self.v.mT @ self.v
 
 
 def _stack_subspaces(params: list[Tensor], layers: int) -> Tensor:
@@ -570,15 +583,10 @@ def semantic_part(a: Tensor, semantic: list[Tensor] | None, tail0: Tensor) -> Te
     return a - tail0 @ (tail0.mT @ a)
 
 
-def _grams(stack: FactorStack) -> tuple[Tensor, Tensor]:
-    """``U_A^T U_A`` and ``V_A^T V_A`` per (layer, block)."""
-    return stack.u.mT @ stack.u, stack.v.mT @ stack.v
-
-
 def orth_loss(stack: FactorStack) -> Tensor:
     """Per layer ``||U_A^T U_A - I||^2 + ||V_A^T V_A - I||^2 + ||U_sem^T U_A||^2 + ||V_sem^T V_A||^2`` (squared
     Frobenius, mean over blocks)."""
-    gram_u, gram_v = _grams(stack)
+    gram_u, gram_v = stack.grams
     eye = torch.eye(gram_u.shape[-1], dtype=gram_u.dtype, device=gram_u.device)
     terms = (
         gram_u - eye,
@@ -595,7 +603,7 @@ def spectral_loss(stack: FactorStack) -> Tensor:
     The singular values are those of the small ``R_U diag(s) R_V^T``, with ``R`` the Cholesky factor of each
     factor's Gram matrix (the R of its QR decomposition up to signs): batched, with no host sync of its own.
     """
-    gram_u, gram_v = _grams(stack)
+    gram_u, gram_v = stack.grams
     chol_u, chol_v = torch.linalg.cholesky_ex(gram_u).L, torch.linalg.cholesky_ex(gram_v).L  # gram = L L^T
     core = (chol_u.mT * stack.s[..., None, :]) @ chol_v
     ref = stack.sigma_tail
@@ -614,7 +622,7 @@ def energy_loss(stack: FactorStack) -> Tensor:
         [m.semantic_weight().view(blocks, rows, -1) @ part for m, part in zip(stack.layers, v.unbind(0), strict=True)]
     )
     cross = (w_sem_v * u).sum(-2)
-    gram_u, gram_v = _grams(stack)
+    gram_u, gram_v = stack.grams
     own = (s[..., :, None] * gram_u * gram_v * s[..., None, :]).sum((-2, -1))
     return (2 * (cross * s).sum(-1) + own - stack.sigma_tail.square().sum(-1)).abs().mean(-1)
 
@@ -626,7 +634,7 @@ def effort_orth_loss(stack: FactorStack) -> Tensor:
     ``U_r`` is the semantic basis, ``U_res = U_A``. The Gram matrix is assembled from its blocks; the semantic
     diagonal block ``U_r^T U_r - I`` is zero by construction (orthonormal SVD factors) and left out.
     """
-    gram_u, gram_v = _grams(stack)
+    gram_u, gram_v = stack.grams
     eye = torch.eye(gram_u.shape[-1], dtype=gram_u.dtype, device=gram_u.device)
 
     def deviation(gram: Tensor, a: Tensor, semantic: list[Tensor] | None, tail0: Tensor) -> Tensor:
