@@ -223,22 +223,28 @@ def forward_backward(model: Adapter, batch: Batch, device: torch.device) -> dict
 
     with autocast(device, True):
         loss, parts = model.training_loss(*batch)
-    values = read_losses(loss, parts)  # the loop reads them every step
+    loss.backward()
+    values = read_losses(loss, parts)  # the loop reads them every step, after queueing the backward
     if not math.isfinite(values["loss"]):
         raise PerfError(f"non-finite loss {values['loss']}")
-    loss.backward()
     return values
 
 
 def train_step(
-    model: Adapter, optimizer: torch.optim.Optimizer, batch: Batch, device: torch.device, step: int
+    model: Adapter,
+    optimizer: torch.optim.Optimizer,
+    trainable: list[torch.nn.Parameter],
+    batch: Batch,
+    device: torch.device,
+    step: int,
 ) -> dict[str, float]:
-    """One optimizer step of ``bench/train.py``: loss and backward, the method's hooks, clipping at 1.0, AdamW."""
+    """One optimizer step of ``bench/train.py``: loss and backward, the method's hooks, clipping ``trainable`` at 1.0,
+    AdamW."""
     import torch
 
     parts = forward_backward(model, batch, device)
     model.before_optimizer_step(step)
-    torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable_parameters()], 1.0)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     model.after_optimizer_step(step)
@@ -296,6 +302,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         size = data_config(model.backbone, cfg)["input_size"][-1]
         images, labels, methods = synthetic_batch(s.batch_size, size, device)
         optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-4, fused=True if cuda else None)
+        trainable = [p for _, p in model.trainable_parameters()]
         model.train()
         with FlopCounterMode(display=False) as counter:  # one eager forward and backward
             forward_backward(model, (images, labels, methods), device)
@@ -306,7 +313,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         steps = iter(range(s.warmup + s.steps + PROFILE_STEPS))
 
         def step() -> object:
-            return train_step(model, optimizer, (images, labels, methods), device, next(steps))
+            return train_step(model, optimizer, trainable, (images, labels, methods), device, next(steps))
 
         [step_times] = _times([step], s.warmup, s.steps, sync)
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mb()
@@ -345,6 +352,7 @@ def profile_steps(
 
     The table is sorted by GPU time on CUDA (which kernels take the step) and by CPU time otherwise.
     """
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
@@ -360,7 +368,8 @@ def profile_steps(
     def per_step(keys: tuple[str, ...] | None = None, prefix: str = "") -> float:
         return sum(e.count for e in events if (e.key in keys if keys else e.key.startswith(prefix))) / PROFILE_STEPS
 
-    device_s = sum(e.self_device_time_total for e in events) / PROFILE_STEPS / 1e6
+    # kernels and copies are device-side events; an operator's row repeats its kernels' time, so it is left out
+    device_s = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / PROFILE_STEPS / 1e6
     out = {
         "prof_step_s": wall,
         "prof_ops": per_step(prefix="aten::"),

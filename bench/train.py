@@ -263,12 +263,12 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
             labels, methods = batch["label"].to(device), batch["method"].to(device)
             with autocast(device, cfg.train.amp):
                 loss, parts = loss_fn(images, labels, methods)
+            (loss / accumulate).backward()  # queued before the read below waits for the device
             values = read_losses(loss, parts)
             if not math.isfinite(values["loss"]):
                 raise TrainingError(
                     f"non-finite loss ({values['loss']}) at step {step}: lower optim.lr or check the data"
                 )
-            (loss / accumulate).backward()
             for k, v in values.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / accumulate
         model.before_optimizer_step(step)

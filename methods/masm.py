@@ -159,7 +159,7 @@ class MASM(Adapter):
 
     def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         route = self.route(methods)
-        with routing(self.backbone, route), shared_factors(self.layers) as stacks:
+        with routing(self.layers, route), shared_factors(self.layers) as stacks:
             logits = self(images)
         per_sample = F.cross_entropy(logits, labels, reduction="none")
         ce = per_sample.mean()

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -234,7 +235,7 @@ class SubspaceLayer(nn.Module):
         self.base_layer = base
         self.K, self.r, self.blocks, self.dense = K, r, blocks, dense
         self.route: Tensor | None = None
-        self.shared: Factors | None = None
+        self.shared: LayerStep | None = None
         self._custom_conv = isinstance(base, nn.Conv2d) and type(base).forward is not nn.Conv2d.forward
 
         u, sigma, v = (t.to(weight) for t in (svd if svd is not None else block_svd(weight, blocks)))
@@ -256,6 +257,8 @@ class SubspaceLayer(nn.Module):
         self.U = nn.ParameterList(nn.Parameter(u[..., c].clone(memory_format=own)) for c in columns)
         self.s = nn.ParameterList(nn.Parameter(sigma[:, c].clone(memory_format=own)) for c in columns)
         self.V = nn.ParameterList(nn.Parameter(v[..., c].clone(memory_format=own)) for c in columns)
+        # the same parameters in plain lists: a ParameterList's indexing costs microseconds, read every step
+        self.factor_parameters = (list(self.U), list(self.s), list(self.V))
         self.train(base.training)
 
     def extra_repr(self) -> str:
@@ -267,11 +270,12 @@ class SubspaceLayer(nn.Module):
 
     def subspace_parameters(self, k: int) -> list[nn.Parameter]:
         """The trainable factors ``U[k]``, ``s[k]``, ``V[k]`` of subspace k."""
-        return [self.U[k], self.s[k], self.V[k]]
+        return [factor[k] for factor in self.factor_parameters]
 
     def factors(self) -> Factors:
         """All subspaces side by side: ``U_A`` (B, out/B, K*r), ``s_A`` (B, K*r), ``V_A`` (B, in, K*r)."""
-        return torch.cat(tuple(self.U), -1), torch.cat(tuple(self.s), -1), torch.cat(tuple(self.V), -1)
+        u, s, v = (torch.cat(factor, -1) for factor in self.factor_parameters)
+        return u, s, v
 
     def semantic_weight(self) -> Tensor:
         """``W_sem`` as an (out, in) matrix (a conv kernel flattened to in*kh*kw columns)."""
@@ -321,14 +325,16 @@ class SubspaceLayer(nn.Module):
         bias, route = self.base_layer.bias, self.route
         if self.merged_weight is not None:
             return self._op(x, self.merged_weight, bias)
-        factors = self.shared if self.shared is not None else self.factors()
+        shared = self.shared
+        factors = (shared.u, shared.s, shared.v) if shared is not None else self.factors()
         if self.dense:
             if route is not None:
                 raise ValueError("routing needs the low-rank forward; set dense=False")
             return self._op(x, self.effective_weight(factors), bias)
         keep = self._route_mask(route, x) if route is not None and torch.is_grad_enabled() else None
         if isinstance(self.base_layer, nn.Linear):
-            return LowRankLinear.apply(x, self.semantic_weight(), bias, *factors, keep)
+            copies = shared.copies if shared is not None else None
+            return LowRankLinear.apply(x, self.semantic_weight(), bias, *factors, keep, copies)
         u, s, v = (f[0] for f in factors)  # a convolution has one block
         if keep is not None:  # live factors for the routed samples beside detached ones for the others
             u, v = torch.cat([u, u.detach()], -1), torch.cat([v, v.detach()], -1)
@@ -351,7 +357,39 @@ class SubspaceLayer(nn.Module):
         """``route`` (N, K) as an (N, K*r) 0/1 mask over the low-rank columns of every block."""
         if route.shape != (x.shape[0], self.K):
             raise ValueError(f"route has shape {tuple(route.shape)}; expected (batch, K) = ({x.shape[0]}, {self.K})")
-        return route.to(x)[:, :, None].expand(-1, -1, self.r).flatten(1)  # no repeat_interleave: it syncs on CUDA
+        route = route.to(x.device)  # in the dtype routing() gave it
+        return route[:, :, None].expand(-1, -1, self.r).flatten(1)  # no repeat_interleave: it syncs on CUDA
+
+
+class ComputeCopies(NamedTuple):
+    """Detached copies of low-rank factors in the compute dtype (bf16 under autocast), as :class:`LowRankLinear`
+    reads them: ``u`` (..., B, out/B, c), ``us`` = ``U diag(s)`` and ``vt`` = ``V^T`` (..., B, c, in), contiguous.
+
+    Made once per step for a whole :class:`FactorStack` (three kernels), so a layer's forward and backward cast
+    nothing of their own.
+    """
+
+    u: Tensor
+    us: Tensor
+    vt: Tensor
+
+
+def compute_copies(u: Tensor, s: Tensor, v: Tensor) -> ComputeCopies:
+    """:class:`ComputeCopies` of ``u``, ``s``, ``v`` in the active autocast dtype of their device, else their own."""
+    kind = u.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else u.dtype
+    with torch.no_grad():
+        vt = torch.empty_like(v.mT, dtype=dtype, memory_format=torch.contiguous_format).copy_(v.mT)  # one kernel
+        return ComputeCopies(u.to(dtype), (u * s[..., None, :]).to(dtype), vt)
+
+
+class LayerStep(NamedTuple):
+    """One layer's slice of a :class:`FactorStack` for a step: its differentiable factors and their copies."""
+
+    u: Tensor
+    s: Tensor
+    v: Tensor
+    copies: ComputeCopies
 
 
 class LowRankLinear(torch.autograd.Function):
@@ -362,7 +400,9 @@ class LowRankLinear(torch.autograd.Function):
     costs); the factors get ``dU_b = g_b^T (x V_b) diag(s_b)``, ``dV_b = x^T (g_b U_b) diag(s_b)`` and
     ``ds_b = sum (g_b U_b) * (x V_b)``, ``g_b`` the output gradient's columns of block b. ``keep`` (N, c) or None
     limits the factors' gradients of column j (in every block) to the samples n with ``keep[n, j] == 1`` (routing);
-    the output and the input gradient stay exact. ``W_eff`` is rebuilt in the backward rather than saved.
+    the output and the input gradient stay exact. ``copies`` are :func:`compute_copies` of the factors (made here
+    when None); the products run on them. ``W_eff`` is saved for the backward where it is in a lower precision than
+    ``w_sem`` (autocast) and rebuilt there otherwise.
     """
 
     @staticmethod
@@ -376,39 +416,53 @@ class LowRankLinear(torch.autograd.Function):
         s: Tensor,
         v: Tensor,
         keep: Tensor | None,
+        copies: ComputeCopies | None = None,
     ) -> Tensor:
-        w_eff = LowRankLinear.effective(w_sem, u, s, v)  # bf16 under autocast
+        copies = copies if copies is not None else compute_copies(u, s, v)
+        w_eff = LowRankLinear.combine(w_sem, copies.us, copies.vt)  # bf16 under autocast
         x = x.to(w_eff.dtype)  # cast once, as F.linear would, and saved in that precision for the backward
-        ctx.save_for_backward(x, w_sem, u, s, v, keep)
+        low_precision = w_eff.dtype != w_sem.dtype  # saving W_eff then costs half of w_sem and spares a rebuild
+        ctx.save_for_backward(x, w_sem, w_eff if low_precision else None, s, *copies, keep)
         return F.linear(x, w_eff, bias)
 
     @staticmethod
     def effective(w_sem: Tensor, u: Tensor, s: Tensor, v: Tensor) -> Tensor:
-        """``W_eff`` as a matrix shaped like ``w_sem`` (a conv kernel flattened): one batched multiply-add over the
-        blocks."""
-        blocks = u.shape[0]
-        return torch.baddbmm(w_sem.view(blocks, -1, w_sem.shape[-1]), u * s[:, None], v.mT).view(w_sem.shape)
+        """``W_eff`` as a matrix shaped like ``w_sem`` (a conv kernel flattened), differentiable in the factors."""
+        return LowRankLinear.combine(w_sem, u * s[:, None], v.mT)
+
+    @staticmethod
+    def combine(w_sem: Tensor, us: Tensor, vt: Tensor) -> Tensor:
+        """``W_sem + US V^T`` from ``us`` (B, out/B, c) and ``vt`` (B, c, in): one batched multiply-add."""
+        return torch.baddbmm(w_sem.view(len(us), -1, w_sem.shape[-1]), us, vt).view(w_sem.shape)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, w_sem, u, s, v, keep = ctx.saved_tensors  # type: ignore[attr-defined]
+        x, w_sem, w_eff, s, u, us, vt, keep = ctx.saved_tensors  # type: ignore[attr-defined]
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         blocks, rows, c = u.shape
         g, flat = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-        dx = grad @ LowRankLinear.effective(w_sem, u, s, v) if needs[0] else None
+        if w_eff is None and needs[0]:
+            w_eff = LowRankLinear.combine(w_sem, us, vt)
+        dx = grad @ w_eff if needs[0] else None
         dw = g.mT @ flat if needs[1] else None
         db = g.sum(0) if needs[2] else None
+        if not any(needs[3:6]):
+            return dx, dw, db, None, None, None, None, None
+        # explicit bmm/mm on the compute copies: few dispatches per call (each one is a kernel launch on a GPU)
         g_blocks = g.view(-1, blocks, rows).transpose(0, 1)  # (B, N*T, out/B), a view
-        up, down = u.mT @ g_blocks.mT, v.mT @ flat.mT  # (B, c, N*T): column-major products run faster on CPU BLAS
+        up = torch.bmm(u.mT, g_blocks.mT)  # (B, c, N*T): column-major products run faster on CPU BLAS
+        down = torch.mm(vt.view(-1, vt.shape[-1]), flat.mT).view(blocks, c, -1)
         if keep is not None:  # columns of sample n: n*T ... (n+1)*T - 1
-            cols = keep.to(up.dtype).mT[:, :, None].expand(-1, -1, len(flat) // len(keep)).reshape(c, -1)
-            up, down = up * cols, down * cols
+            cols = keep.to(up.dtype).mT[:, :, None]  # (c, N, 1)
+            up = (up.view(blocks, c, len(keep), -1) * cols).view(blocks, c, -1)
+            down = (down.view(blocks, c, len(keep), -1) * cols).view(blocks, c, -1)
         s_cols = s[:, None]
-        du = (down @ g_blocks).mT * s_cols if needs[3] else None
-        ds = (up * down).sum(-1) if needs[4] else None  # keep is 0/1: masking both factors masks the product once
-        dv = (up @ flat).mT * s_cols if needs[5] else None
-        return dx, dw, db, du, ds, dv, None
+        du = torch.bmm(down, g_blocks).mT * s_cols if needs[3] else None
+        # keep is 0/1: masking both factors masks their product once; one batched dot product per column
+        ds = torch.bmm(up.view(-1, 1, len(flat)), down.view(-1, len(flat), 1)).view(blocks, c) if needs[4] else None
+        dv = torch.mm(up.view(-1, len(flat)), flat).view(blocks, c, -1).mT * s_cols if needs[5] else None
+        return dx, dw, db, du, ds, dv, None, None
 
 
 def subspace_layers(model: nn.Module) -> Iterator[tuple[str, SubspaceLayer]]:
@@ -417,9 +471,13 @@ def subspace_layers(model: nn.Module) -> Iterator[tuple[str, SubspaceLayer]]:
 
 
 @contextmanager
-def routing(model: nn.Module, route: Tensor | None) -> Iterator[None]:
-    """Set ``route`` (N, K) on every subspace layer for the forward passes inside the block."""
-    layers = [m for _, m in subspace_layers(model)]
+def routing(layers: Sequence[SubspaceLayer], route: Tensor | None) -> Iterator[None]:
+    """Set ``route`` (N, K) on each of ``layers`` for the forward passes inside the block.
+
+    The route is cast once to the autocast dtype active on its device, the dtype the layers' products run in.
+    """
+    if route is not None and torch.is_autocast_enabled(route.device.type):
+        route = route.to(torch.get_autocast_dtype(route.device.type))
     for layer in layers:
         layer.route = route
     try:
@@ -525,6 +583,11 @@ class FactorStack:
         return [m.v_sem for m in self.layers if m.v_sem is not None] or None
 
     @cached_property
+    def copies(self) -> ComputeCopies:
+        """The stack's :func:`compute_copies` (in the autocast dtype active at first use)."""
+        return compute_copies(self.u, self.s, self.v)
+
+    @cached_property
     def grams(self) -> tuple[Tensor, Tensor]:
         """``U_A^T U_A`` and ``V_A^T V_A`` per (layer, block), shared by the losses of the step."""
         return self.u.mT @ self.u, self.v.mT @ self.v
@@ -540,15 +603,13 @@ def stack_factors(layers: Sequence[SubspaceLayer]) -> list[FactorStack]:
     """The layers grouped by kind, factor shapes, dtype and device (in first-seen order), one stack per group."""
     groups: dict[tuple[object, ...], list[SubspaceLayer]] = {}
     for m in layers:
-        u, v = m.U[0], m.V[0]
+        (u, *_), _, (v, *_) = m.factor_parameters
         key = (type(m.base_layer), m.K, u.shape, v.shape, u.dtype, u.device)
         groups.setdefault(key, []).append(m)
     return [
         FactorStack(
             group,
-            _stack_subspaces([p for m in group for p in m.U], len(group)),
-            _stack_subspaces([p for m in group for p in m.s], len(group)),
-            _stack_subspaces([p for m in group for p in m.V], len(group)),
+            *(_stack_subspaces([p for m in group for p in m.factor_parameters[i]], len(group)) for i in range(3)),
         )
         for group in groups.values()
     ]
@@ -562,8 +623,9 @@ def shared_factors(layers: Sequence[SubspaceLayer]) -> Iterator[list[FactorStack
     """
     stacks = stack_factors(layers)
     for stack in stacks:
-        for m, *factors in zip(stack.layers, stack.u.unbind(0), stack.s.unbind(0), stack.v.unbind(0), strict=True):
-            m.shared = tuple(factors)  # type: ignore[assignment]
+        slices = (f.unbind(0) for f in (stack.u, stack.s, stack.v, *stack.copies))
+        for m, u, s, v, *copies in zip(stack.layers, *slices, strict=True):
+            m.shared = LayerStep(u, s, v, ComputeCopies(*copies))
     try:
         yield stacks
     finally:

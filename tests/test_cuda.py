@@ -63,5 +63,5 @@ def test_perf_on_cuda_reports_mfu(tmp_path, tiny_cards, capsys) -> None:
     rows = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in rows] == ["full-ft", "masm"]
     assert all(0 < r["mfu"] < 1 and r["peak_mem_mb"] > 0 for r in rows)
-    assert all(r["prof_kernels"] > 100 and r["prof_device_busy"] > 0 for r in rows)
+    assert all(r["prof_kernels"] > 100 and 0 < r["prof_device_busy"] <= 1 for r in rows)  # a share of the wall time
     assert all(r["repeats"] == 1 and r["step_spread"] == 0 for r in rows)  # one process per row on CUDA by default

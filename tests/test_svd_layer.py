@@ -18,6 +18,7 @@ from methods.svd_layer import (
     LowRankLinear,
     SubspaceLayer,
     SVDCache,
+    compute_copies,
     effort_orth_loss,
     energy_loss,
     fingerprint,
@@ -57,6 +58,10 @@ def perturb(model: nn.Module, scale: float = 0.1) -> None:
         for p in layer.parameters():
             if p.requires_grad:
                 p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def layers_of(model: nn.Module) -> list[SubspaceLayer]:
+    return [m for _, m in subspace_layers(model)]
 
 
 def factor_grads(model: nn.Module) -> dict[str, Tensor | None]:
@@ -228,7 +233,7 @@ def routed_run(model: nn.Module, x: Tensor, route: Tensor | None, samples: list[
     model.zero_grad()
     x = x.clone().requires_grad_(True)
     labels = torch.arange(len(x)) % 2
-    with routing(model, route):
+    with routing(layers_of(model), route):
         logits = model(x)
     if samples is None:
         F.cross_entropy(logits, labels).backward()
@@ -428,6 +433,17 @@ def test_shared_factors_give_the_same_output_and_gradients() -> None:
         torch.testing.assert_close(got_grads[name], grad, rtol=1e-10, atol=1e-14)
 
 
+def test_compute_copies_follow_the_autocast_dtype() -> None:
+    u, s, v = torch.randn(3, 8, 2), torch.rand(3, 2), torch.randn(3, 5, 2)
+    plain = compute_copies(u, s, v)
+    torch.testing.assert_close(plain.us, u * s[:, None], rtol=0, atol=0)
+    assert plain.vt.is_contiguous() and torch.equal(plain.vt, v.mT) and plain.u.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = compute_copies(u.requires_grad_(), s, v)
+    assert all(c.dtype == torch.bfloat16 and not c.requires_grad for c in low) and low.vt.is_contiguous()
+    assert torch.equal(low.us, (u * s[:, None]).to(torch.bfloat16)) and torch.equal(low.vt, v.mT.to(torch.bfloat16))
+
+
 def test_trainable_count_vit_large_attn() -> None:
     with torch.device("meta"):
         model = timm.create_model("vit_large_patch14_clip_224", pretrained=False, img_size=224)
@@ -484,5 +500,5 @@ def test_injection_errors() -> None:
         inject(model, r"blocks\.0\.attn\.proj", K=1, r=1)
     with pytest.raises(ValueError, match="groups"):
         inject(lite0(), r"blocks\.0\.0\.conv_dw", K=1, r=1)
-    with pytest.raises(ValueError, match=r"route has shape \(2, 1\)"), routing(model, torch.ones(2, 1)):
+    with pytest.raises(ValueError, match=r"route has shape \(2, 1\)"), routing(layers_of(model), torch.ones(2, 1)):
         model(images(model))
