@@ -110,6 +110,8 @@ class TrainConfig:
         checkpoint_every: optimizer steps between checkpoints (one is also written at every epoch end).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         amp: bf16 autocast on CUDA.
+        compile: ``torch.compile`` the backbone (speed only, so not part of the run id; the first training steps
+            and the first evaluation compile).
         log_every: optimizer steps between logged training losses.
     """
 
@@ -120,6 +122,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     device: str = "auto"
     amp: bool = True
+    compile: bool = False
     log_every: int = 10
 
     def __post_init__(self) -> None:
@@ -222,6 +225,7 @@ class RunConfig:
         d["data"].pop("workers")
         d["data"].pop("max_bad_fraction")
         d["train"].pop("log_every")
+        d["train"].pop("compile")
         d["train"].pop("checkpoint_every")
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

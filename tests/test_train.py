@@ -1,4 +1,4 @@
-"""The loop: schedules, exact resume, failure on a non-finite loss, selection on validation only."""
+"""The loop: schedules, exact resume, failure on a non-finite loss, selection on validation only, compiled backbone."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
+from bench import checkpoint
 from bench.grid import resolve_config
 from bench.train import BEST, LAST, TrainingError, schedule, train
 from tests.conftest import tiny_config
@@ -79,3 +81,19 @@ def test_a_corrupt_test_frame_is_skipped_and_counted(tiny_cards: tuple[str, str]
     shutil.rmtree(tmp_path / "run")
     with pytest.raises(RuntimeError, match="unreadable"):
         train(strict, tmp_path / "run")
+
+
+def test_compiled_backbone_trains_as_eager(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+    runs = {}
+    for compiled in (False, True):
+        cfg = resolve_config(tiny_config(tiny_cards, tmp_path, method={"name": "masm"}, train={"compile": compiled}))
+        train(cfg, tmp_path / str(compiled))
+        runs[compiled] = cfg.run_id(), checkpoint.load(tmp_path / str(compiled) / LAST)
+    (eager_id, eager), (compiled_id, compiled) = runs[False], runs[True]
+    assert compiled_id == eager_id  # speed only: the same run
+    want_state, got_state = eager["optimizer"]["state"], compiled["optimizer"]["state"]
+    assert want_state.keys() == got_state.keys()
+    moments = [(want_state[k]["exp_avg"], got_state[k]["exp_avg"]) for k in want_state]
+    assert len(moments) > 12 and all(want.abs().max() > 0 for want, _ in moments)  # gradients reached the factors
+    for want, got in moments:
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
