@@ -186,7 +186,8 @@ class SubspaceLayer(nn.Module):
     samples in :class:`LowRankLinear`'s factor gradients; convolutions run live factors for the routed samples beside
     detached factors for the others, as one branch of twice the rank. ``route`` applies to every forward while set
     (see :func:`routing`) and is ignored without autograd. ``shared``, when set (see :func:`shared_factors`), holds
-    this step's factors as slices of a :class:`FactorStack` and takes the place of :meth:`factors`.
+    this step's factors and their compute copies as slices of a :class:`FactorStack` and takes the place of
+    :meth:`factors`.
 
     ``base_layer.weight`` holds ``W_sem`` after injection (frozen, in ``state_dict``). Frozen, non-persistent buffers
     (rebuilt from the SVD, never in ``state_dict``): ``sigma_tail`` (B, K*r), the tail factors at injection
@@ -365,7 +366,7 @@ class ComputeCopies(NamedTuple):
     """Detached copies of low-rank factors in the compute dtype (bf16 under autocast), as :class:`LowRankLinear`
     reads them: ``u`` (..., B, out/B, c), ``us`` = ``U diag(s)`` and ``vt`` = ``V^T`` (..., B, c, in), contiguous.
 
-    Made once per step for a whole :class:`FactorStack` (three kernels), so a layer's forward and backward cast
+    Made once per step for a whole :class:`FactorStack` (a few kernels), so a layer's forward and backward cast
     nothing of their own.
     """
 
