@@ -269,7 +269,8 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
 
     from bench.adapter import Adapter
     from bench.backbone import create_backbone, data_config
-    from bench.config import ModelConfig
+    from bench.config import ModelConfig, OptimConfig
+    from bench.train import build_optimizer
 
     method, options = _resolve(row)  # imports the methods
     base_mem = _rss_mb()
@@ -301,7 +302,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         model, setup_cold = build()
         size = data_config(model.backbone, cfg)["input_size"][-1]
         images, labels, methods = synthetic_batch(s.batch_size, size, device)
-        optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-4, fused=True if cuda else None)
+        optimizer = build_optimizer(model, OptimConfig(), device)  # the loop's, at its defaults
         trainable = [p for _, p in model.trainable_parameters()]
         model.train()
         with FlopCounterMode(display=False) as counter:  # one eager forward and backward

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from bench import checkpoint, distributed
 from bench.adapter import Adapter
 from bench.backbone import create_backbone, data_config
-from bench.config import RunConfig
+from bench.config import OptimConfig, RunConfig
 from bench.data.cards import load_card
 from bench.data.catalog import split_frames
 from bench.data.frames import Frame
@@ -103,6 +103,16 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
     if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def build_optimizer(model: Adapter, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the method's parameter groups; fused on CUDA (one kernel per step for all parameters)."""
+    return torch.optim.AdamW(
+        model.param_groups(optim.weight_decay),
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+        fused=True if device.type == "cuda" else None,
+    )
 
 
 def read_losses(loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -233,12 +243,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(splits.train) / (micro * accumulate))
     total = cfg.train.epochs * steps_per_epoch
 
-    optimizer = torch.optim.AdamW(
-        model.param_groups(cfg.optim.weight_decay),
-        lr=cfg.optim.lr,
-        betas=tuple(cfg.optim.betas),
-        fused=True if device.type == "cuda" else None,  # one kernel per step for all parameters
-    )
+    optimizer = build_optimizer(model, cfg.optim, device)
     scheduler = LambdaLR(optimizer, schedule(cfg.optim.schedule, cfg.optim.warmup_steps, total))
     step, best, history = 0, {"value": -math.inf, "step": 0}, []
     if (run_dir / LAST).exists():
