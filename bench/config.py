@@ -98,6 +98,10 @@ class OptimConfig:
             raise ConfigError(f"optim.betas must hold two numbers, got {self.betas}")
 
 
+COMPILE_MODES = ("off", "blocks", "model")
+"""``train.compile`` and ``bench perf --compile``: no compilation, each block of the trunk, or the whole backbone."""
+
+
 @dataclass
 class TrainConfig:
     """Length and bookkeeping of the training loop.
@@ -110,8 +114,9 @@ class TrainConfig:
         checkpoint_every: optimizer steps between checkpoints (one is also written at every epoch end).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         amp: bf16 autocast on CUDA.
-        compile: ``torch.compile`` the backbone (speed only, so not part of the run id; the first training steps
-            and the first evaluation compile).
+        compile: ``off``, ``blocks`` (``torch.compile`` each block of the backbone's trunk: compiles in seconds)
+            or ``model`` (the whole backbone: slower to compile, more fusion). Speed only, so not part of the run
+            id; the first training steps and the first evaluation compile.
         log_every: optimizer steps between logged training losses.
     """
 
@@ -122,11 +127,12 @@ class TrainConfig:
     checkpoint_every: int = 100
     device: str = "auto"
     amp: bool = True
-    compile: bool = False
+    compile: str = "off"
     log_every: int = 10
 
     def __post_init__(self) -> None:
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("train.compile", self.compile, COMPILE_MODES)
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.checkpoint_every", self.checkpoint_every)

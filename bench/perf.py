@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.config import ConfigError
+from bench.config import COMPILE_MODES, ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +79,7 @@ COLUMNS = (
     "mem_over_base_vs_fullft",
     "setup_cold_s",
     "setup_cached_s",
+    "first_step_s",
     "step_gflop",
     "achieved_tflops",
     "mfu",
@@ -100,6 +101,7 @@ NOTES = (
     " training; base_mem_mb: RSS after imports (torch's libraries); mem_over_base_vs_fullft: (peak - base) over"
     " full-ft's",
     "setup_cold_s: first apply() in the process, SVD cache empty; setup_cached_s: apply() again, SVDs from the cache",
+    "first_step_s: the process's first training step (with --compile: compiling the backbone's training graphs)",
     "dense=true materialises W_eff and calls F.linear; it needs routing=none, so its comparison is the"
     " masm:routing=none row with the same targets (low-rank path), not the routed masm row",
     "step_gflop: FLOPs of one forward and backward as run (torch FlopCounterMode); mfu: achieved / --peak-tflops",
@@ -125,10 +127,11 @@ class Settings:
         methods: rows, ``name[:key=value...]``.
         device: ``cpu`` or ``cuda``.
         steps: timed training steps and evaluation batches per worker.
-        warmup: untimed steps (and evaluation batches) before them.
+        warmup: untimed steps (and evaluation batches) before them; the first step is timed alone
+            (``first_step_s``).
         repeats: interleaved rounds over the rows.
         img_size: input size; ``None`` is the model's own.
-        compile: ``torch.compile`` the backbone.
+        compile: ``off``, ``blocks`` or ``model`` (:func:`bench.backbone.compile_backbone`).
         channels_last: ``auto`` (on CUDA for convolutional backbones), ``on`` or ``off``.
         peak_tflops: the device's peak rate for MFU; ``None`` is :data:`CUDA_PEAK_TFLOPS` on CUDA, no MFU on CPU.
         card: training card read by the loader measurement.
@@ -147,7 +150,7 @@ class Settings:
     warmup: int = 3
     repeats: int = 2
     img_size: int | None = None
-    compile: bool = False
+    compile: str = "off"
     channels_last: str = "auto"
     peak_tflops: float | None = None
     card: str = "offline-ff"
@@ -316,7 +319,11 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         def step() -> object:
             return train_step(model, optimizer, trainable, (images, labels, methods), device, next(steps))
 
-        [step_times] = _times([step], s.warmup, s.steps, sync)
+        start = time.perf_counter()
+        step()
+        sync()
+        first_step = time.perf_counter() - start
+        [step_times] = _times([step], s.warmup - 1, s.steps, sync)
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mb()
         profiled: dict[str, float | None] = {}
         if s.profile_dir is not None:
@@ -336,6 +343,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         "base_mem_mb": base_mem,
         "setup_cold_s": setup_cold,
         "setup_cached_s": setup_cached,
+        "first_step_s": first_step,
         "step_flop": counter.get_total_flops(),
         **profiled,
     }
@@ -395,10 +403,11 @@ def _memory_format(s: Settings, model: Adapter) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _prepare(model: Adapter, memory_format: torch.memory_format, compile: bool) -> Adapter:
+def _prepare(model: Adapter, memory_format: torch.memory_format, compile: str) -> Adapter:
+    from bench.backbone import compile_backbone
+
     model = model.to(memory_format=memory_format)
-    if compile:
-        model.backbone.compile()
+    compile_backbone(model.backbone, compile)
     return model
 
 
@@ -545,6 +554,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Set
                 "base_mem_mb": median("base_mem_mb"),
                 "setup_cold_s": median("setup_cold_s"),
                 "setup_cached_s": median("setup_cached_s"),
+                "first_step_s": median("first_step_s"),
                 "step_gflop": results[0]["step_flop"] / 1e9,
                 "achieved_tflops": tflops,
                 "mfu": tflops / peak if peak else None,
@@ -657,7 +667,9 @@ def add_perf_command(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="rows, comma separated: name[:key=value]")
     perf.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     perf.add_argument("--steps", type=int, default=defaults.steps, help="timed steps (and eval batches) per process")
-    perf.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps before them")
+    perf.add_argument(
+        "--warmup", type=int, default=defaults.warmup, help="steps before them (the first is timed as first_step_s)"
+    )
     perf.add_argument(
         "--repeats",
         type=int,
@@ -665,14 +677,22 @@ def add_perf_command(sub: argparse._SubParsersAction) -> None:
         help=f"interleaved rounds (default: {defaults.repeats} on CPU, where a shared machine drifts; 1 on CUDA)",
     )
     perf.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
-    perf.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    perf.add_argument(
+        "--compile",
+        nargs="?",
+        const="model",
+        default="off",
+        choices=COMPILE_MODES,
+        help="torch.compile the whole backbone (model, the flag alone) or each block of its trunk (blocks: compiles"
+        " faster, runs slower); results go to <backbone>-<device>-compile-<mode>.csv",
+    )
     perf.add_argument("--channels-last", choices=("auto", "on", "off"), default=defaults.channels_last)
     perf.add_argument("--peak-tflops", type=float, default=None, help=f"for MFU (default {CUDA_PEAK_TFLOPS} on CUDA)")
     perf.add_argument("--card", default=defaults.card, help="training card for the loader measurement")
     perf.add_argument("--data-root", default=defaults.data_root)
     perf.add_argument("--loader-workers", type=int, default=defaults.loader_workers)
     perf.add_argument("--loader-batches", type=int, default=defaults.loader_batches)
-    perf.add_argument("--out", default="results/perf", help="folder of <backbone>-<device>.csv and .png")
+    perf.add_argument("--out", default="results/perf", help="folder of <backbone>-<device>[-compile-<mode>].csv, .png")
     perf.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
     perf.add_argument(
         "--profile",
@@ -689,7 +709,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA device is visible")
     repeats = args.repeats if args.repeats is not None else (1 if device == "cuda" else Settings.repeats)
-    for flag, value in (("steps", args.steps), ("repeats", repeats), ("loader_batches", args.loader_batches)):
+    counts = (
+        ("steps", args.steps),
+        ("warmup", args.warmup),
+        ("repeats", repeats),
+        ("loader_batches", args.loader_batches),
+    )
+    for flag, value in counts:
         if value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
     return Settings(
@@ -713,16 +739,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    """Measure, print the table (or ``--json``) and write ``<out>/<backbone>-<device>.csv`` and ``.png``."""
+    """Measure, print the table (or ``--json``) and write ``<out>/<backbone>-<device>[-compile-<mode>].csv`` and
+    ``.png``."""
     s = settings_from_args(args)
     rows, failures = measure(s, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if not rows:
         print(f"error: every perf worker failed; the first:\n{next(iter(failures.values()))}", file=sys.stderr)
         return 1
-    stem = f"{Path(args.out) / s.backbone.replace('/', '_')}-{s.device}"
+    compiled = "" if s.compile == "off" else f"-compile-{s.compile}"
+    stem = f"{Path(args.out) / s.backbone.replace('/', '_')}-{s.device}{compiled}"
     title = (
-        f"bench perf: {s.backbone}, batch {s.batch_size}, {s.device}, {s.steps} steps after {s.warmup} warm-up,"
-        f" {s.repeats} interleaved repeats"
+        f"bench perf: {s.backbone}, batch {s.batch_size}, {s.device}{compiled.replace('-', ' ')}, {s.steps} steps"
+        f" after {s.warmup} warm-up, {s.repeats} interleaved repeats"
     )
     write_csv(rows, Path(f"{stem}.csv"))
     plot(rows, Path(f"{stem}.png"), title)

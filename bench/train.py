@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bench import checkpoint, distributed
 from bench.adapter import Adapter
-from bench.backbone import create_backbone, data_config
+from bench.backbone import compile_backbone, create_backbone, data_config
 from bench.config import OptimConfig, RunConfig
 from bench.data.cards import load_card
 from bench.data.catalog import split_frames
@@ -233,8 +233,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     splits = load_splits(cfg)
     model, data = build_model(cfg, splits.methods)
     model.to(device)
-    if cfg.train.compile:
-        model.backbone.compile()  # in place: parameter names and checkpoints stay as they are
+    compile_backbone(model.backbone, cfg.train.compile)
 
     size, mean, std = data["input_size"][-1], data["mean"], data["std"]
     train_set = FrameDataset(splits.train, size, mean, std, splits.methods)

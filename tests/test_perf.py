@@ -78,6 +78,7 @@ def _fake_result(row: str | None, slower: float = 1.0) -> dict[str, Any]:
         "base_mem_mb": 100.0,
         "setup_cold_s": 1.0,
         "setup_cached_s": 0.1,
+        "first_step_s": 0.5,
         "step_flop": 4e11,
     }
 
@@ -148,6 +149,17 @@ def test_perf_command_keeps_the_rows_that_ran(tmp_path: Path, monkeypatch, capsy
     assert (tmp_path / "vit_small_patch16_224-cpu.png").stat().st_size > 0
 
 
+def test_compiled_runs_are_written_apart(tmp_path: Path, monkeypatch) -> None:
+    modes: list[str] = []
+    monkeypatch.setattr(perf, "_spawn", lambda s, row: modes.append(s.compile) or _fake_result(row))
+    assert _run(["--device", "cpu", "--methods", "masm", "--compile", "blocks", "--out", str(tmp_path)]) == 0
+    assert set(modes) == {"blocks"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "vit_small_patch16_224-cpu-compile-blocks.csv",
+        "vit_small_patch16_224-cpu-compile-blocks.png",
+    ]
+
+
 def test_loader_batch_too_small_fails_before_any_process(monkeypatch) -> None:
     monkeypatch.setattr(perf, "_spawn", lambda s, row: pytest.fail("no worker may start"))
     with pytest.raises(ConfigError, match="--batch-size 2: .*4 forgery methods of card 'offline-ff'"):
@@ -159,7 +171,10 @@ def test_cpu_defaults_and_flag_checks() -> None:
     perf.add_perf_command(parser.add_subparsers(dest="command", required=True))
     settings = perf.settings_from_args(parser.parse_args(["perf", "--device", "cpu"]))
     assert (settings.repeats, settings.batch_size, settings.methods) == (2, 8, perf.DEFAULT_METHODS)
-    for flag in ("--repeats", "--steps", "--loader-batches"):
+    assert settings.compile == "off"
+    for argv, mode in ((["--compile"], "model"), (["--compile", "blocks"], "blocks")):
+        assert perf.settings_from_args(parser.parse_args(["perf", "--device", "cpu", *argv])).compile == mode
+    for flag in ("--repeats", "--steps", "--warmup", "--loader-batches"):
         with pytest.raises(ConfigError, match=f"{flag} must be at least 1"):
             perf.settings_from_args(parser.parse_args(["perf", "--device", "cpu", flag, "0"]))
 

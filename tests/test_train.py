@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from bench import checkpoint
+from bench.backbone import compile_backbone
+from bench.config import ConfigError
 from bench.grid import resolve_config
 from bench.train import BEST, LAST, TrainingError, schedule, train
 from tests.conftest import tiny_config
@@ -83,13 +85,14 @@ def test_a_corrupt_test_frame_is_skipped_and_counted(tiny_cards: tuple[str, str]
         train(strict, tmp_path / "run")
 
 
-def test_compiled_backbone_trains_as_eager(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["blocks", "model"])
+def test_compiled_backbone_trains_as_eager(tiny_cards: tuple[str, str], tmp_path: Path, mode: str) -> None:
     runs = {}
-    for compiled in (False, True):
-        cfg = resolve_config(tiny_config(tiny_cards, tmp_path, method={"name": "masm"}, train={"compile": compiled}))
-        train(cfg, tmp_path / str(compiled))
-        runs[compiled] = cfg.run_id(), checkpoint.load(tmp_path / str(compiled) / LAST)
-    (eager_id, eager), (compiled_id, compiled) = runs[False], runs[True]
+    for compile in ("off", mode):
+        cfg = resolve_config(tiny_config(tiny_cards, tmp_path, method={"name": "masm"}, train={"compile": compile}))
+        train(cfg, tmp_path / compile)
+        runs[compile] = cfg.run_id(), checkpoint.load(tmp_path / compile / LAST)
+    (eager_id, eager), (compiled_id, compiled) = runs["off"], runs[mode]
     assert compiled_id == eager_id  # speed only: the same run
     want_state, got_state = eager["optimizer"]["state"], compiled["optimizer"]["state"]
     assert want_state.keys() == got_state.keys()
@@ -97,3 +100,12 @@ def test_compiled_backbone_trains_as_eager(tiny_cards: tuple[str, str], tmp_path
     assert len(moments) > 12 and all(want.abs().max() > 0 for want, _ in moments)  # gradients reached the factors
     for want, got in moments:
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
+
+
+def test_compile_modes_are_checked(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.compile: 'fast' is not one of off, blocks, model"):
+        resolve_config(tiny_config(tiny_cards, tmp_path, train={"compile": "fast"}))
+    with pytest.raises(ConfigError, match="'train.compile' expects str, got True"):
+        resolve_config(tiny_config(tiny_cards, tmp_path, train={"compile": True}))
+    with pytest.raises(ValueError, match="needs a backbone with `blocks` or `stages` .Linear."):
+        compile_backbone(torch.nn.Linear(2, 2), "blocks")
