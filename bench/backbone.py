@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from bench.config import COMPILE_MODES, ModelConfig
+from bench.config import COMPILE_MODES, ModelConfig, check_choice
 
 LITE0 = "lite0"
 LITE0_ARCH = "tf_efficientnet_lite0"
@@ -155,6 +155,7 @@ def compile_backbone(model: nn.Module, mode: str) -> None:
     one graph, so the first step compiles in seconds instead of minutes, and the code between the blocks stays eager.
     ``model`` compiles the whole backbone as one graph: the slowest to compile, the most fusion.
     """
+    check_choice("compile", mode, COMPILE_MODES)
     if mode == "model":
         model.compile()
     elif mode == "blocks":
@@ -166,5 +167,3 @@ def compile_backbone(model: nn.Module, mode: str) -> None:
             )
         for block in trunk:
             block.compile()
-    elif mode != "off":
-        raise ValueError(f"compile: {mode!r} is not one of {', '.join(COMPILE_MODES)}")

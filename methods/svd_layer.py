@@ -385,12 +385,13 @@ def compute_copies(u: Tensor, s: Tensor, v: Tensor) -> ComputeCopies:
 
 
 class LayerStep(NamedTuple):
-    """One layer's slice of a :class:`FactorStack` for a step: its differentiable factors and their copies."""
+    """One layer's slice of a :class:`FactorStack` for a step: its differentiable factors and, for a low-rank
+    Linear, their compute copies."""
 
     u: Tensor
     s: Tensor
     v: Tensor
-    copies: ComputeCopies
+    copies: ComputeCopies | None
 
 
 class LowRankLinear(torch.autograd.Function):
@@ -601,11 +602,12 @@ def _stack_subspaces(params: list[Tensor], layers: int) -> Tensor:
 
 
 def stack_factors(layers: Sequence[SubspaceLayer]) -> list[FactorStack]:
-    """The layers grouped by kind, factor shapes, dtype and device (in first-seen order), one stack per group."""
+    """The layers grouped by kind, forward path, factor shapes, dtype and device (in first-seen order), one stack per
+    group."""
     groups: dict[tuple[object, ...], list[SubspaceLayer]] = {}
     for m in layers:
         (u, *_), _, (v, *_) = m.factor_parameters
-        key = (type(m.base_layer), m.K, u.shape, v.shape, u.dtype, u.device)
+        key = (type(m.base_layer), m.dense, m.K, u.shape, v.shape, u.dtype, u.device)
         groups.setdefault(key, []).append(m)
     return [
         FactorStack(
@@ -624,9 +626,12 @@ def shared_factors(layers: Sequence[SubspaceLayer]) -> Iterator[list[FactorStack
     """
     stacks = stack_factors(layers)
     for stack in stacks:
-        slices = (f.unbind(0) for f in (stack.u, stack.s, stack.v, *stack.copies))
-        for m, u, s, v, *copies in zip(stack.layers, *slices, strict=True):
-            m.shared = LayerStep(u, s, v, ComputeCopies(*copies))
+        first = stack.layers[0]
+        reads_copies = isinstance(first.base_layer, nn.Linear) and not first.dense  # only LowRankLinear does
+        copies = zip(*(c.unbind(0) for c in stack.copies), strict=True) if reads_copies else [None] * len(stack.layers)
+        slices = (f.unbind(0) for f in (stack.u, stack.s, stack.v))
+        for m, u, s, v, c in zip(stack.layers, *slices, copies, strict=True):
+            m.shared = LayerStep(u, s, v, None if c is None else ComputeCopies(*c))
     try:
         yield stacks
     finally:
