@@ -61,17 +61,26 @@ class DataConfig:
         workers: DataLoader worker processes (frames are decoded there).
         balanced: each training batch holds reals and fakes of every forgery method in equal shares.
         max_bad_fraction: unreadable frames of a split are skipped and counted; past this fraction the run fails.
+        offline_seed: generation seed of every offline card instead of the card's own: another draw of the offline
+            benchmark (written beside the cards' own, ``<root>-seed<k>``); ``None`` keeps the cards' seeds.
     """
 
     train: str = "offline-ff"
     test: list[str] = field(
-        default_factory=lambda: ["offline-ff", "offline-spectral", "offline-jpeg", "offline-colour"]
+        default_factory=lambda: [
+            "offline-ff",
+            "offline-content",
+            "offline-quality",
+            "offline-degradation",
+            "offline-unseen",
+        ]
     )
     root: str = "data"
     frames_per_video: int = 8
     workers: int = 2
     balanced: bool = True
     max_bad_fraction: float = 0.01
+    offline_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_bad_fraction <= 1:

@@ -1,4 +1,4 @@
-"""Grids: a base config and axes (methods, seeds, training cards, named variants) expanded into named cells.
+"""Grids: a base config and axes (methods, seeds, training cards, named variants, tune values) expanded into cells.
 
 A grid file::
 
@@ -12,6 +12,12 @@ A grid file::
       lr-high: {optim: {lr: 1.0e-3}}
     per_method:                      # optional overrides for one method's cells only
       linear-probe: {optim: {lr: 1.0e-2}}
+    tune:                            # optional axis of dotted keys and the values tried (several keys: their product)
+      optim.lr: [1.0e-4, 3.0e-4, 1.0e-3]
+
+A tune value overrides ``base``, ``per_method`` and ``variants``; ``--set`` overrides everything. Tune values go into
+cell names (``masm [optim.lr=0.001] seed=0``) and the runs' ``tune`` tag, not into labels: the report keeps, per
+label, the value with the best mean validation AUC (:func:`bench.report.choose_tuned`).
 """
 
 from __future__ import annotations
@@ -50,16 +56,27 @@ class GridSpec:
     train: list[str] = field(default_factory=list)
     variants: dict[str, Any] = field(default_factory=dict)
     per_method: dict[str, Any] = field(default_factory=dict)
+    tune: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, values in self.tune.items():
+            parts = key.split(".")
+            if len(parts) < 2 or not all(parts):
+                raise ConfigError(f"tune key '{key}' must be dotted section.key, e.g. optim.lr")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"tune key '{key}' needs a non-empty list of values, got {values!r}")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of a grid: its name, its row label in tables (the name without the seed) and its config."""
+    """One run of a grid: its name, its row label in tables (the name without the seed and tune value), its config
+    and its tune value (``section.key=value`` pairs, empty without a tune axis)."""
 
     name: str
     label: str
     seed: int
     config: RunConfig
+    tune: str = ""
 
     @property
     def run_id(self) -> str:
@@ -87,8 +104,37 @@ def load_grid(name_or_path: str) -> GridSpec:
     return build_dataclass(GridSpec, data, "grid", str(path))
 
 
+def _tune_text(value: Any) -> str:
+    """A tune value as it appears in cell names and the ``tune`` tag (YAML spelling for booleans and None)."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """``("optim.lr", 0.001)`` -> ``{"optim": {"lr": 0.001}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def tune_choices(tune: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Every combination of the tune axis as ``(text, overrides)``: text like ``optim.lr=0.001`` (keys sorted,
+    joined by ``, ``); one empty choice without a tune axis."""
+    keys = sorted(tune)
+    choices = []
+    for values in itertools.product(*(tune[k] for k in keys)):
+        pairs = list(zip(keys, values, strict=True))
+        changes: dict[str, Any] = {}
+        for key, value in pairs:
+            changes = merge(changes, _nested(key, value))
+        choices.append((", ".join(f"{k}={_tune_text(v)}" for k, v in pairs), changes))
+    return choices
+
+
 def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = "grid") -> list[Cell]:
-    """All cells of the grid: methods x variants x training cards x seeds, with ``--set`` applied last."""
+    """All cells of the grid: methods x variants x training cards x tune values x seeds, with ``--set`` applied
+    last; the tune value goes into the cell name, not its label."""
     unknown = sorted(set(spec.per_method) - set(spec.methods))
     if unknown:
         raise ConfigError(f"{where}: per_method names methods not in the grid: {', '.join(unknown)}")
@@ -99,17 +145,20 @@ def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = 
     variants: list[tuple[str, dict[str, Any]]] = list(spec.variants.items()) or [("", {})]
     trains = spec.train or [""]
     cells = []
-    for method, (variant, changes), train, seed in itertools.product(methods, variants, trains, spec.seeds):
+    axes = itertools.product(methods, variants, trains, tune_choices(spec.tune), spec.seeds)
+    for method, (variant, changes), train, (tune, tuned), seed in axes:
         data = merge(spec.base, {"method": {"name": method}})
         data = merge(data, spec.per_method.get(method, {}))
         data = merge(data, changes or {})
+        data = merge(data, tuned)
         if train:
             data = merge(data, {"data": {"train": train}})
         data = merge(data, {"train": {"seed": seed}})
         data = merge(data, override)
         cfg = resolve_config(build_config(data, where))
         label = method + (f"[{variant}]" if variant else "") + (f"@{train}" if len(trains) > 1 else "")
-        cells.append(Cell(f"{label} seed={seed}", label, seed, cfg))
+        name = f"{label} [{tune}] seed={seed}" if tune else f"{label} seed={seed}"
+        cells.append(Cell(name, label, seed, cfg, tune))
     ids = [c.run_id for c in cells]
     duplicates = {c.name for c in cells if ids.count(c.run_id) > 1}
     if duplicates:

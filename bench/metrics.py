@@ -66,24 +66,42 @@ def _videos(labels: np.ndarray, scores: np.ndarray, video_ids: ArrayLike) -> tup
     return fake_share.astype(int), np.bincount(frame_video, weights=scores) / counts, frame_video
 
 
-def _bootstrap_auc(labels: np.ndarray, scores: np.ndarray, unit: np.ndarray, draws: np.ndarray) -> tuple[float, float]:
-    """95% percentile interval of the AUC when resampling units (frames or videos, ``unit`` per row) with ``draws``.
+def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, unit: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """The AUC of each resample of units (frames or videos, ``unit`` per row) in ``draws`` (resamples x units).
 
     Each draw weighs every row by how often its unit was drawn, which gives the AUC of the expanded resample
-    (Mann-Whitney on tie groups, ties counting one half). Draws holding one class only are skipped.
+    (Mann-Whitney on tie groups, ties counting one half). A draw holding one class only gives NaN.
     """
     level = np.unique(scores, return_inverse=True)[1]
     levels, fake = level.max() + 1, labels == 1
-    aucs = []
-    for draw in draws:
-        weights = np.bincount(draw, minlength=unit.max() + 1)[unit]
-        pos = np.bincount(level[fake], weights=weights[fake], minlength=levels)
-        neg = np.bincount(level[~fake], weights=weights[~fake], minlength=levels)
+    (fake_level, fake_unit), (real_level, real_unit) = ((level[rows], unit[rows]) for rows in (fake, ~fake))
+    aucs = np.full(len(draws), np.nan)
+    for i, draw in enumerate(draws):
+        drawn = np.bincount(draw, minlength=unit.max() + 1)
+        pos = np.bincount(fake_level, weights=drawn[fake_unit], minlength=levels)
+        neg = np.bincount(real_level, weights=drawn[real_unit], minlength=levels)
         if pos.sum() and neg.sum():
-            aucs.append(pos @ (np.cumsum(neg) - neg / 2) / (pos.sum() * neg.sum()))
-    if not aucs:
+            aucs[i] = pos @ (np.cumsum(neg) - neg / 2) / (pos.sum() * neg.sum())
+    return aucs
+
+
+def stratified_draws(labels: ArrayLike, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """``resamples`` x ``len(labels)`` unit indices drawn with replacement within each class (as many reals and fakes
+    as there are), so that every resample holds both classes."""
+    y = np.asarray(labels)
+    draws = np.empty((resamples, len(y)), dtype=int)
+    for value in np.unique(y):
+        members = np.flatnonzero(y == value)
+        draws[:, members] = rng.choice(members, size=(resamples, len(members)))
+    return draws
+
+
+def _bootstrap_auc(labels: np.ndarray, scores: np.ndarray, unit: np.ndarray, draws: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of :func:`bootstrap_aucs`, draws holding one class only skipped."""
+    aucs = bootstrap_aucs(labels, scores, unit, draws)
+    if np.isnan(aucs).all():
         raise ValueError("no bootstrap resample held both classes: too few samples for a confidence interval")
-    low, high = np.percentile(aucs, [2.5, 97.5])
+    low, high = np.nanpercentile(aucs, [2.5, 97.5])
     return float(low), float(high)
 
 
@@ -148,6 +166,20 @@ def _delong_components(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarr
     return aucs, np.atleast_2d(np.cov(v_pos) / m + np.cov(v_neg) / n)
 
 
+def delong_difference(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> tuple[float, float, float]:
+    """Two correlated AUCs measured on the same samples and DeLong's variance of their difference.
+
+    Returns:
+        ``(auc_a, auc_b, variance of auc_a - auc_b)``.
+    """
+    y, a = _check(labels, scores_a)
+    _, b = _check(labels, scores_b)
+    if min(y.sum(), len(y) - y.sum()) < 2:
+        raise ValueError("DeLong's test needs at least two real and two fake samples to estimate a variance")
+    (auc_a, auc_b), cov = _delong_components(y, np.stack([a, b]))
+    return float(auc_a), float(auc_b), float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+
+
 def delong_test(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> tuple[float, float, float]:
     """DeLong's test for two correlated AUCs measured on the same samples.
 
@@ -155,12 +187,12 @@ def delong_test(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> 
         ``(auc_a, auc_b, p)`` with ``p`` the two-sided p-value of ``auc_a == auc_b``; identical AUCs give 1, and
         a difference with zero variance gives 0.
     """
-    y, a = _check(labels, scores_a)
-    _, b = _check(labels, scores_b)
-    if min(y.sum(), len(y) - y.sum()) < 2:
-        raise ValueError("DeLong's test needs at least two real and two fake samples to estimate a variance")
-    (auc_a, auc_b), cov = _delong_components(y, np.stack([a, b]))
-    diff, var = auc_a - auc_b, cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
-    if diff == 0 or var <= 0:
-        return float(auc_a), float(auc_b), float(diff == 0)
-    return float(auc_a), float(auc_b), float(2 * norm.sf(abs(diff) / np.sqrt(var)))
+    auc_a, auc_b, var = delong_difference(labels, scores_a, scores_b)
+    return auc_a, auc_b, delong_p(auc_a - auc_b, var)
+
+
+def delong_p(difference: float, variance: float) -> float:
+    """Two-sided p of an AUC difference with DeLong's variance; 1 for no difference, 0 for one without variance."""
+    if difference == 0 or variance <= 0:
+        return float(difference == 0)
+    return float(2 * norm.sf(abs(difference) / np.sqrt(variance)))

@@ -2,8 +2,9 @@
 
 Each run carries ``<metric>/<set>`` for the validation-selected checkpoint and ``last/<metric>/<set>`` for the last
 one; the set equal to ``params.data.train`` is in-domain, the others are cross-dataset. No test-selected checkpoint
-exists here, so none can be reported. Score files (``scores/<checkpoint>/<set>.csv``) and diagnostics
-(``diagnostics/*.npz``) are run artifacts, downloaded only where a table or figure needs them.
+exists here, so none can be reported; where a grid tried several values of a tune axis (tag ``tune``), the value kept
+is chosen on validation AUC only (:func:`choose_tuned`). Score files (``scores/<checkpoint>/<set>.csv``) and
+diagnostics (``diagnostics/*.npz``) are run artifacts, downloaded only where a table or figure needs them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import os
 import re
 import tempfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,14 +24,33 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from bench import figures
-from bench.metrics import delong_test
+from bench.metrics import bootstrap_aucs, delong_difference, delong_p, stratified_draws
 
-METRICS = ("auc", "eer", "ap", "acc", "video_auc", "video_eer")
+METRICS = ("auc", "eer", "ap", "acc", "video_auc", "video_eer", "auc_lo", "auc_hi", "video_auc_lo", "video_auc_hi")
+TABLES = {"auc": "AUC", "video_auc": "Video AUC", "eer": "EER"}  # the cross-dataset tables: metric -> title
+INTERVAL_METRICS = ("auc", "video_auc")  # tables whose cells carry a 95% interval
 LONG_COLUMNS = ["label", "seed", "train_set", "checkpoint", "test_set", "metric", "value"]
 RUN_COLUMNS = {"tags.label": "label", "params.train.seed": "seed", "params.data.train": "train_set"}
 CHECKPOINT_NAMES = {"selected": "validation-selected checkpoint", "last": "last checkpoint"}
 FORMATS = ("text", "markdown", "latex")
 STATS = ("mean", "std", "n")
+BOUNDS = ("lo", "hi")
+BOOTSTRAP = 1000  # resamples of the test videos behind each interval
+BOOTSTRAP_SEED = 0
+CHANCE = 0.5
+CHANCE_MARK = "°"  # the interval reaches chance: not above it
+ONE_SEED = "one seed: no spread over seeds"
+TUNE = "tags.tune"
+VALIDATION = "metrics.val/auc"  # the only number a tune value is chosen on
+TUNING_COLUMNS = ["label", "train_set", "tune", *STATS, "kept"]
+ACTIVITY = (  # run metrics shown beside the ablations (mean over seeds): name -> column header
+    ("diag/masked_fraction", "masked"),
+    ("train/orth", "orth"),
+    ("train/spec", "spec"),
+    ("diag/routed_loss_spread", "routed spread"),
+    ("diag/factor_drift", "factor drift"),
+    ("diag/diversity_mean", "diversity"),
+)
 REFERENCE = "masm"  # the full method; its ablations are the labels ``masm/*``
 ALPHA = 0.05
 PAPER_COLUMNS = {
@@ -47,6 +68,7 @@ PUBLISHED_TABLES = {"effort-table1": "Effort, Table 1", "deepfakebench-v1": "Dee
 PUBLISHED_AS = {"effort": "Effort"}  # our label -> the method's name in published tables
 DRIFT = "metrics.diag/drift_mean"
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+ScoreFiles = Mapping[tuple[str, int, str], pd.DataFrame]  # score frames keyed (label, seed, test_set)
 
 
 def _parse_metric(column: str) -> tuple[str, str, str] | None:
@@ -60,7 +82,8 @@ def _parse_metric(column: str) -> tuple[str, str, str] | None:
 def _finished(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs whose MLflow status and ``status`` tag (where present) are both FINISHED; newest first, one per cell.
 
-    A rerun of a cell (same label, seed and training set) replaces the older run.
+    A rerun of a cell (same label, seed, training set and tune value) replaces the older run; a run without a
+    ``tune`` tag has the empty value.
     """
     keep = pd.Series(True, index=runs.index)
     for column in ("status", "tags.status"):
@@ -72,7 +95,43 @@ def _finished(runs: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in RUN_COLUMNS if c not in runs]
     if missing and not runs.empty:
         raise ValueError(f"runs lack the column(s) {missing}: is this an experiment written by the harness?")
-    return runs if runs.empty else runs.drop_duplicates(list(RUN_COLUMNS))
+    if runs.empty:
+        return runs
+    if TUNE not in runs:
+        return runs.drop_duplicates(list(RUN_COLUMNS))
+    return runs.assign(**{TUNE: runs[TUNE].fillna("")}).drop_duplicates([*RUN_COLUMNS, TUNE])
+
+
+def choose_tuned(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The finished runs of the tune value with the best mean validation AUC over seeds, per label and training set.
+
+    Only ``metrics.val/auc`` (the validation-selected checkpoint on the validation split) decides, never a test
+    metric; a tie goes to the first value in sorted order. Runs without a ``tune`` tag have the empty value.
+
+    Returns:
+        The kept runs, and the tuning table ``label, train_set, tune, mean, std, n, kept`` (the validation AUC over
+        seeds per value tried): empty unless some label tried more than one value.
+
+    Raises:
+        ValueError: a value to choose among has no validation AUC.
+    """
+    runs = _finished(runs)
+    none = pd.DataFrame(columns=TUNING_COLUMNS)
+    if TUNE not in runs or runs.empty:
+        return runs, none
+    keys = ["tags.label", "params.data.train"]
+    if runs.groupby(keys)[TUNE].nunique().max() < 2:
+        return runs, none
+    validation = runs[VALIDATION] if VALIDATION in runs else pd.Series(np.nan, index=runs.index)
+    table = validation.groupby([runs[k] for k in [*keys, TUNE]]).agg(["mean", "std", "count"]).reset_index()
+    table = table.set_axis(TUNING_COLUMNS[:-1], axis=1)
+    unscored = table[table["mean"].isna()]
+    if not unscored.empty:
+        row = unscored.iloc[0]
+        raise ValueError(f"runs of {row['label']} [{row['tune']}] have no {VALIDATION}: no tune value can be chosen")
+    table["kept"] = table.index.isin(table.groupby(["label", "train_set"])["mean"].idxmax())
+    chosen = table.loc[table["kept"], ["label", "train_set", "tune"]].set_axis([*keys, TUNE], axis=1)
+    return runs.merge(chosen, on=[*keys, TUNE]), table.astype({"n": int})
 
 
 def collect(runs: pd.DataFrame) -> pd.DataFrame:
@@ -124,26 +183,137 @@ def _summary(per_seed: pd.DataFrame) -> pd.DataFrame:
     return stats.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([list(per_seed.columns), STATS]))
 
 
-def cross_dataset_table(long: pd.DataFrame, metric: str = "auc", checkpoint: str = "selected") -> pd.DataFrame:
-    """Mean, sample std and number of seeds per label (rows) and test set (columns).
+def cross_dataset_table(
+    long: pd.DataFrame, metric: str = "auc", checkpoint: str = "selected", intervals: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Mean, sample std and number of seeds per label (rows) and test set (columns), and intervals if given.
 
     Columns are the in-domain set first (named ``"<set> (in-domain)"``), the cross-dataset sets, then ``avg``: the
     mean over cross-dataset sets only, computed per seed (seeds missing a set are left out) and then summarised
     over seeds like the other columns.
 
+    Args:
+        long: the output of :func:`collect`.
+        metric: the metric tabulated.
+        checkpoint: ``selected`` or ``last``.
+        intervals: an :func:`interval_table` of the same metric and checkpoint, joined as ``lo`` and ``hi``.
+
     Returns:
-        A frame indexed by label with two-level columns ``(column, "mean" | "std" | "n")``.
+        A frame indexed by label with two-level columns ``(column, "mean" | "std" | "n")``, plus ``"lo" | "hi"``
+        with ``intervals``.
     """
-    return _summary(per_seed_table(long, metric, checkpoint))
+    stats = _summary(per_seed_table(long, metric, checkpoint))
+    if intervals is None:
+        return stats
+    columns = list(dict.fromkeys(stats.columns.get_level_values(0)))
+    return stats.join(intervals).reindex(columns=pd.MultiIndex.from_product([columns, [*STATS, *BOUNDS]]))
+
+
+def video_draws(frames: Sequence[pd.DataFrame], resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Resamples (``resamples`` x videos) of the sorted video ids of score files, drawn within each class."""
+    return stratified_draws(_video_labels(frames).to_numpy(), resamples, rng)
+
+
+def _video_labels(frames: Sequence[pd.DataFrame]) -> pd.Series:
+    """The label of every video of the score files, indexed by the sorted video ids."""
+    return pd.concat([video_scores(frame)["label"] for frame in frames]).groupby(level=0).first()
+
+
+def seed_mean_aucs(frames: Sequence[pd.DataFrame], metric: str, draws: np.ndarray) -> np.ndarray:
+    """Per resample of the videos, the mean over seeds of each seed's AUC on that resample.
+
+    Args:
+        frames: one label's score files of one test set, one per seed (the same videos).
+        metric: ``auc`` (each drawn video brings its frames) or ``video_auc`` (mean frame score per video).
+        draws: resamples x videos, indices into the sorted video ids of ``frames`` (:func:`video_draws`).
+
+    Returns:
+        One value per resample; the 2.5 and 97.5 percentiles are the 95% interval of the mean over seeds.
+    """
+    videos = _video_labels(frames).index.to_numpy()
+    aucs = []
+    for frame in frames:
+        rows = video_scores(frame).reset_index() if metric == "video_auc" else frame
+        unit = np.searchsorted(videos, rows["video"].to_numpy())
+        aucs.append(bootstrap_aucs(rows["label"].to_numpy(), rows["score"].to_numpy(), unit, draws))
+    return np.mean(aucs, axis=0)
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    """The 2.5 and 97.5 percentiles (a 95% interval) of resample values."""
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def interval_table(
+    long: pd.DataFrame,
+    metric: str,
+    checkpoint: str,
+    scores: ScoreFiles,
+    resamples: int = BOOTSTRAP,
+) -> pd.DataFrame:
+    """95% intervals of the mean over seeds per label and column of :func:`cross_dataset_table`.
+
+    A cell whose seeds all have a score file: percentiles of :func:`seed_mean_aucs` over ``resamples`` video
+    resamples (seeded by the test set's name, so reports are reproducible and labels share resamples); ``avg``: the
+    mean of its cross-dataset sets' resample values (each set resampled independently). Other cells: the mean over
+    seeds of the runs' logged ``<metric>_lo`` and ``<metric>_hi`` (none for ``avg``), else NaN.
+
+    Args:
+        long: the output of :func:`collect`.
+        metric: ``auc`` or ``video_auc``.
+        checkpoint: ``selected`` or ``last``.
+        scores: that checkpoint's score files keyed ``(label, seed, test_set)``.
+        resamples: resamples of the videos.
+
+    Returns:
+        A frame indexed by label with two-level columns ``(column, "lo" | "hi")``.
+    """
+    per_seed = per_seed_table(long, metric, checkpoint)
+    train_set = long["train_set"].iloc[0]
+    cross = [c for c in per_seed.columns if c != "avg" and not c.endswith("(in-domain)")]
+    logged = {bound: _logged(long, f"{metric}_{bound}", checkpoint) for bound in BOUNDS}
+    labels = per_seed.index.unique("label")
+    out = pd.DataFrame(np.nan, index=labels, columns=pd.MultiIndex.from_product([per_seed.columns, BOUNDS]))
+    for label in labels:
+        values = {}
+        for column in per_seed.columns.drop("avg"):
+            test_set = train_set if column == in_domain(train_set) else column
+            seeds = per_seed.xs(label, level="label")[column].dropna().index
+            keys = [(label, seed, test_set) for seed in seeds]
+            if keys and all(key in scores for key in keys):
+                frames = [scores[key] for key in keys]
+                rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(test_set.encode())])
+                values[column] = seed_mean_aucs(frames, metric, video_draws(frames, resamples, rng))
+                out.loc[label, column] = _percentiles(values[column])
+            else:
+                out.loc[label, column] = [logged[bound].get((label, column), math.nan) for bound in BOUNDS]
+        if cross and all(column in values for column in cross):
+            out.loc[label, "avg"] = _percentiles(np.mean([values[column] for column in cross], axis=0))
+    return out
+
+
+def _logged(long: pd.DataFrame, metric: str, checkpoint: str) -> dict[tuple[str, str], float]:
+    """The mean over seeds of a logged metric per ``(label, column)`` (columns named as in the tables)."""
+    if not ((long["metric"] == metric) & (long["checkpoint"] == checkpoint)).any():
+        return {}
+    means = per_seed_table(long, metric, checkpoint).drop(columns="avg").groupby(level="label").mean()
+    return means.stack().to_dict()
 
 
 def _cell(stats: pd.Series, latex: bool) -> str:
-    """``0.812 ± 0.013`` (``$0.812 \\pm 0.013$`` in LaTeX) from ``mean``, ``std``, ``n``; std left out for one seed."""
+    """``0.812 ± 0.013 [0.761, 0.859]`` (``$0.812 \\pm 0.013\\ [0.761, 0.859]$`` in LaTeX) from ``mean``, ``std``,
+    ``n`` and, where present, ``lo`` and ``hi``; std left out for one seed, :data:`CHANCE_MARK` appended when the
+    interval reaches chance."""
     mean, std, n = (float(stats[s]) for s in STATS)
     if n == 0 or math.isnan(mean):
         return "--" if latex else "–"
     plus_minus = r"\pm" if latex else "±"
     text = f"{mean:.3f}" if n == 1 else f"{mean:.3f} {plus_minus} {std:.3f}"
+    low, high = (float(stats.get(bound, math.nan)) for bound in BOUNDS)
+    if not math.isnan(low):
+        text += rf"\ [{low:.3f}, {high:.3f}]" if latex else f" [{low:.3f}, {high:.3f}]"
+        text += (r"^{\circ}" if latex else CHANCE_MARK) if low <= CHANCE else ""
     return f"${text}$" if latex else text
 
 
@@ -213,9 +383,11 @@ def heatmap(table: pd.DataFrame, out: Path, title: str) -> Path:
 
 
 def run_index(runs: pd.DataFrame) -> pd.DataFrame:
-    """``label, seed, train_set, run_id`` (and ``drift``, the mean semantic drift, when logged) of the finished runs."""
+    """``label, seed, train_set, run_id`` of the finished runs, with ``drift`` (the mean semantic drift) and the
+    :data:`ACTIVITY` metrics (named without ``metrics.``) where logged."""
     runs = _finished(runs)
-    columns = {**RUN_COLUMNS, "run_id": "run_id", **({DRIFT: "drift"} if DRIFT in runs else {})}
+    logged = {DRIFT: "drift", **{f"metrics.{name}": name for name, _ in ACTIVITY}}
+    columns = {**RUN_COLUMNS, "run_id": "run_id", **{c: name for c, name in logged.items() if c in runs}}
     return runs.rename(columns=columns)[list(columns.values())].astype({"seed": int}).reset_index(drop=True)
 
 
@@ -295,11 +467,11 @@ def video_scores(frames: pd.DataFrame) -> pd.DataFrame:
     return frames.groupby("video", sort=True).agg(label=("label", "first"), score=("score", "mean"))
 
 
-def paired_delong(reference: pd.DataFrame, other: pd.DataFrame) -> tuple[float, float, float]:
-    """DeLong's test of two score files of the same frames, on video-level scores: ``(auc_ref, auc_other, p)``.
+def paired_delong(reference: pd.DataFrame, other: pd.DataFrame) -> tuple[float, float, float, float]:
+    """DeLong's test of two score files of the same frames, on video-level scores: ``(auc_ref, auc_other, p, se)``.
 
     Frames of one video are not independent samples, so the test pairs videos (mean frame score), not frames;
-    the AUCs returned are video AUCs.
+    the AUCs returned are video AUCs and ``se`` is DeLong's standard error of their difference.
 
     Raises:
         ValueError: the files do not list the same frames (``path``) in the same order, so nothing pairs them.
@@ -307,7 +479,10 @@ def paired_delong(reference: pd.DataFrame, other: pd.DataFrame) -> tuple[float, 
     if not reference["path"].reset_index(drop=True).equals(other["path"].reset_index(drop=True)):
         raise ValueError("score files to compare list different frames: were both runs tested on the same card data?")
     ref, oth = video_scores(reference), video_scores(other)
-    return delong_test(ref["label"].to_numpy(), ref["score"].to_numpy(), oth["score"].to_numpy())
+    auc_ref, auc_other, var = delong_difference(
+        ref["label"].to_numpy(), ref["score"].to_numpy(), oth["score"].to_numpy()
+    )
+    return auc_ref, auc_other, delong_p(auc_ref - auc_other, var), math.sqrt(max(var, 0.0))
 
 
 def stouffer(differences: Sequence[float], pvalues: Sequence[float]) -> float:
@@ -320,7 +495,19 @@ def stouffer(differences: Sequence[float], pvalues: Sequence[float]) -> float:
     return float(2 * norm.sf(abs(z.sum()) / math.sqrt(len(z))))
 
 
-def ablation_pvalues(scores: Mapping[tuple[str, int, str], pd.DataFrame], reference: str = REFERENCE) -> pd.DataFrame:
+def detectable_difference(standard_errors: Sequence[float], alpha: float = ALPHA) -> float:
+    """The smallest AUC difference that Stouffer's combination of per-seed tests would make just significant.
+
+    With seed ``i``'s difference tested as ``z_i = d / SE_i``, ``Z = d Σ (1/SE_i) / √n`` reaches ``z_{1-α/2}`` at
+    ``d = z_{1-α/2} √n / Σ (1/SE_i)``; NaN when some standard error is 0 (e.g. both AUCs 1: no variance to test).
+    """
+    se = np.asarray(standard_errors, dtype=float)
+    if (se <= 0).any():
+        return math.nan
+    return float(norm.isf(alpha / 2) * math.sqrt(len(se)) / np.sum(1 / se))
+
+
+def ablation_pvalues(scores: ScoreFiles, reference: str = REFERENCE) -> pd.DataFrame:
     """DeLong's test of each label against the reference per seed and test set, combined over seeds by Stouffer.
 
     Args:
@@ -329,29 +516,37 @@ def ablation_pvalues(scores: Mapping[tuple[str, int, str], pd.DataFrame], refere
         reference: the label every other label is compared with.
 
     Returns:
-        Columns ``label, test_set, p, seeds``.
+        Columns ``label, test_set, p, seeds, detectable`` (:func:`detectable_difference` of the seeds' tests).
     """
     rows = []
     for (label, seed, test_set), frame in scores.items():
         base = scores.get((reference, seed, test_set))
         if label != reference and base is not None:
-            auc_base, auc, p = paired_delong(base, frame)
-            rows.append((label, test_set, auc - auc_base, p))
-    per_seed = pd.DataFrame(rows, columns=["label", "test_set", "difference", "p"])
+            auc_base, auc, p, se = paired_delong(base, frame)
+            rows.append((label, test_set, auc - auc_base, p, se))
+    per_seed = pd.DataFrame(rows, columns=["label", "test_set", "difference", "p", "se"])
     combined = [
-        (label, test_set, stouffer(group["difference"], group["p"]), len(group))
+        (label, test_set, stouffer(group["difference"], group["p"]), len(group), detectable_difference(group["se"]))
         for (label, test_set), group in per_seed.groupby(["label", "test_set"])
     ]
-    return pd.DataFrame(combined, columns=["label", "test_set", "p", "seeds"])
+    return pd.DataFrame(combined, columns=["label", "test_set", "p", "seeds", "detectable"])
 
 
-def ablation_table(long: pd.DataFrame, pvalues: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+def ablation_table(
+    long: pd.DataFrame, pvalues: pd.DataFrame, reference: str = REFERENCE, activity: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """AUC of the reference and its ablations (selected checkpoint) with the change against the reference.
+
+    Args:
+        long: the output of :func:`collect`.
+        pvalues: the output of :func:`ablation_pvalues`.
+        reference: the full method.
+        activity: per label (index), run metrics to show beside (columns named as in :data:`ACTIVITY`).
 
     Returns:
         A tidy frame, one row per label and column of :func:`cross_dataset_table`: ``label, column, mean, std, n,
-        delta`` (mean minus the reference's mean), ``p`` (from :func:`ablation_pvalues`; NaN for ``avg``, the
-        reference and untested cells) and ``significant`` (``p < ALPHA``).
+        delta`` (mean minus the reference's mean), ``p`` and ``detectable`` (from :func:`ablation_pvalues`; NaN for
+        ``avg``, the reference and untested cells), ``significant`` (``p < ALPHA``) and the ``activity`` columns.
     """
     labels = ablation_labels(long["label"].unique(), reference)
     stats = cross_dataset_table(long[long["label"].isin(labels)])
@@ -362,9 +557,9 @@ def ablation_table(long: pd.DataFrame, pvalues: pd.DataFrame, reference: str = R
     tidy["delta"] = tidy["mean"] - tidy["column"].map(base)
     train_set = long["train_set"].iloc[0]
     named = pvalues.assign(column=[in_domain(s) if s == train_set else s for s in pvalues["test_set"]])
-    tidy = tidy.merge(named[["label", "column", "p"]], on=["label", "column"], how="left")
+    tidy = tidy.merge(named[["label", "column", "p", "detectable"]], on=["label", "column"], how="left")
     tidy["significant"] = tidy["p"] < ALPHA
-    return tidy
+    return tidy if activity is None else tidy.merge(activity, left_on="label", right_index=True, how="left")
 
 
 def _p_cell(p: float) -> str:
@@ -383,19 +578,35 @@ def _change_cell(row: pd.Series, latex: bool) -> str:
     return f"{_cell(row, latex)} ({change})"
 
 
+def _number(value: float, latex: bool, spec: str = ".3f") -> str:
+    """A number formatted by ``spec``, a dash when missing."""
+    if math.isnan(value):
+        return "--" if latex else "–"
+    return f"{value:{spec}}"
+
+
 def format_ablation(tidy: pd.DataFrame, fmt: str) -> tuple[str, str]:
-    """An :func:`ablation_table` as two tables: mean ± std with the change per cell, and the p-values per test set."""
+    """An :func:`ablation_table` as two tables: mean ± std with the change per cell, the activity columns present and
+    a last row with the median over the ablations of the detectable difference per test set; and the p-values."""
     latex = fmt == "latex"
     escape = _latex_escape if latex else str
     columns = list(dict.fromkeys(tidy["column"]))
+    activity = [(name, header) for name, header in ACTIVITY if name in tidy]
     by_label = {label: rows.set_index("column") for label, rows in tidy.groupby("label", sort=False)}
-    means = [[escape(c) for c in ["method", *columns, "seeds"]]]
+    means = [[escape(c) for c in ["method", *columns, "seeds", *(header for _, header in activity)]]]
     pvalues = [[escape(c) for c in ["method", *columns[:-1]]]]
     for i, (label, rows) in enumerate(by_label.items()):
         cell = _cell if i == 0 else _change_cell  # the first label is the reference
-        means.append([escape(label), *[cell(rows.loc[c], latex) for c in columns], str(int(rows["n"].max()))])
+        cells = [cell(rows.loc[c], latex) for c in columns]
+        runs = [_number(float(rows[name].iloc[0]), latex, ".3g") for name, _ in activity]
+        means.append([escape(label), *cells, str(int(rows["n"].max())), *runs])
         if i:
             pvalues.append([escape(label), *[_p_cell(float(rows.loc[c, "p"])) for c in columns[:-1]]])
+    detectable = tidy.groupby("column", sort=False)["detectable"].median()
+    if detectable.notna().any():
+        name = rf"detectable at $p<{ALPHA}$" if latex else f"detectable at p<{ALPHA}"
+        cells = [_number(float(detectable[c]), latex) for c in columns]
+        means.append([name, *cells, _number(math.nan, latex), *[""] * len(activity)])
     return _render(means, fmt), _render(pvalues, fmt)
 
 
@@ -470,34 +681,51 @@ def _write_tables(stem: Path, tidy: pd.DataFrame, tables: Sequence[str]) -> None
 
 
 def _score_frames(
-    long: pd.DataFrame, runs: Mapping[tuple[str, int], str], artifacts: Artifacts
-) -> dict[tuple[str, int, str], pd.DataFrame]:
-    """Selected-checkpoint scores of the given ``(label, seed) -> run id`` runs, keyed ``(label, seed, test_set)``."""
+    long: pd.DataFrame, runs: Mapping[tuple[str, int], str], artifacts: Artifacts, checkpoint: str = "selected"
+) -> ScoreFiles:
+    """One checkpoint's scores of the given ``(label, seed) -> run id`` runs, keyed ``(label, seed, test_set)``."""
     frames = {}
     for (label, seed), run_id in runs.items():
         for test_set in _test_sets(long, label, seed):
-            if (frame := artifacts.scores(run_id, test_set)) is not None:
+            if (frame := artifacts.scores(run_id, test_set, checkpoint)) is not None:
                 frames[label, seed, test_set] = frame
     return frames
 
 
-def _ablation_section(long: pd.DataFrame, index: pd.DataFrame, artifacts: Artifacts, out_dir: Path) -> list[str]:
+def _activity(index: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    """The mean over seeds per label of the :data:`ACTIVITY` metrics that some of ``labels`` logged."""
+    rows = index[index["label"].isin(labels)]
+    logged = [name for name, _ in ACTIVITY if name in rows and rows[name].notna().any()]
+    return rows.groupby("label")[logged].mean()
+
+
+def _seeds_note(n: pd.Series) -> str:
+    """`` — one seed: no spread over seeds`` for a table whose cells all come from one seed, else nothing."""
+    return f" — {ONE_SEED}" if n.max() <= 1 else ""
+
+
+def _ablation_section(long: pd.DataFrame, index: pd.DataFrame, scores: ScoreFiles, out_dir: Path) -> list[str]:
     """The ablation tables (``ablation.csv``, ``.tex``) and their report section; nothing without ablations."""
     labels = ablation_labels(long["label"].unique())
     if not labels:
         return []
-    runs = run_ids(index[index["label"].isin(labels)])
-    tidy = ablation_table(long, ablation_pvalues(_score_frames(long, runs, artifacts)))
+    pvalues = ablation_pvalues({key: frame for key, frame in scores.items() if key[0] in labels})
+    tidy = ablation_table(long, pvalues, activity=_activity(index, labels))
     _write_tables(out_dir / "ablation", tidy, format_ablation(tidy, "latex"))
     means, pvalues = format_ablation(tidy, "markdown")
+    activity = ", ".join(f"`{header}` ({name})" for name, header in ACTIVITY if name in tidy)
     return [
         "",
-        f"## Ablations of `{REFERENCE}` (AUC, validation-selected checkpoint)",
+        f"## Ablations of `{REFERENCE}` (AUC, validation-selected checkpoint){_seeds_note(tidy['n'])}",
         "",
         f"Cells: mean ± std over seeds and, in brackets, the change of the mean against `{REFERENCE}`; `*` marks"
         f" p < {ALPHA}. p: DeLong's test of the two video AUCs (mean frame score per video: frames of one video are"
         " not independent) on the same videos per seed, combined over the seeds both have by Stouffer's method"
-        " (z signed by the AUC difference). Seeds share the test videos, which makes p somewhat optimistic.",
+        " (z signed by the AUC difference). Seeds share the test videos, which makes p somewhat optimistic."
+        f" `detectable at p<{ALPHA}`: per test set, the median over the ablations of the smallest AUC difference"
+        " these seeds and videos would show as significant, from DeLong's standard errors SE_i of the paired"
+        f" video-AUC differences: {norm.isf(ALPHA / 2):.2f} √n / Σ 1/SE_i (– where some SE_i is 0)."
+        + (f" Run activity, mean over seeds (– where a run did not log it): {activity}." if activity else ""),
         "",
         means,
         "",
@@ -578,13 +806,11 @@ def _spectra_figure(first: Mapping[tuple[str, int], str], artifacts: Artifacts, 
     return figures.spectra_plot(spectra, out) if spectra else None
 
 
-def _roc_figure(
-    long: pd.DataFrame, first: Mapping[tuple[str, int], str], artifacts: Artifacts, out: Path
-) -> Path | None:
+def _roc_figure(long: pd.DataFrame, first: Mapping[tuple[str, int], str], scores: ScoreFiles, out: Path) -> Path | None:
     """ROC curves per test set (in-domain first) of the first seed of each label."""
     train_set = long["train_set"].iloc[0]
     curves: dict[str, dict[str, pd.DataFrame]] = {}
-    frames = _score_frames(long, first, artifacts)
+    frames = {key: frame for key, frame in scores.items() if key[:2] in first}
     for key in sorted(frames, key=lambda key: (key[2] != train_set, key[2], key[0])):  # in-domain first
         label, _, test_set = key
         curves.setdefault(in_domain(test_set) if test_set == train_set else test_set, {})[label] = frames[key]
@@ -600,11 +826,13 @@ FIGURES = {
 }
 
 
-def _figure_section(long: pd.DataFrame, index: pd.DataFrame, artifacts: Artifacts, out_dir: Path) -> list[str]:
+def _figure_section(
+    long: pd.DataFrame, index: pd.DataFrame, scores: ScoreFiles, artifacts: Artifacts, out_dir: Path
+) -> list[str]:
     """Draw the figures whose inputs exist and return their report section."""
     first = run_ids(index, first_seed=True)
     drawn = [
-        _roc_figure(long, first, artifacts, out_dir / "roc.png"),
+        _roc_figure(long, first, scores, out_dir / "roc.png"),
         _ablation_figure(long, out_dir / "ablation_bars.png"),
         _drift_figure(long, index, out_dir / "drift_vs_auc.png"),
         _spectra_figure(first, artifacts, out_dir / "spectra.png"),
@@ -666,6 +894,111 @@ def _search_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
         mlflow.set_tracking_uri(previous)
 
 
+def video_counts(scores: ScoreFiles) -> pd.DataFrame:
+    """Real and fake videos and frames of each test set (sorted), from its first score file by label and seed.
+
+    Returns:
+        Columns ``test_set, real, fake, frames``.
+    """
+    rows = []
+    for label, seed, test_set in sorted(scores, key=lambda key: (key[2], key[0], key[1])):
+        if not rows or rows[-1][0] != test_set:
+            frame = scores[label, seed, test_set]
+            videos = frame.groupby("label")["video"].nunique()
+            rows.append((test_set, int(videos.get(0, 0)), int(videos.get(1, 0)), len(frame)))
+    return pd.DataFrame(rows, columns=["test_set", "real", "fake", "frames"])
+
+
+def _test_set_section(long: pd.DataFrame, scores: ScoreFiles, out_dir: Path) -> list[str]:
+    """The sizes of the test sets (``test_sets.csv``) and their section; nothing without score files."""
+    sizes = video_counts(scores)
+    if sizes.empty:
+        return []
+    sizes.to_csv(out_dir / "test_sets.csv", index=False)
+    train_sets = set(long["train_set"])
+    sizes = sizes.sort_values("test_set", key=lambda sets: ~sets.isin(train_sets), kind="stable")  # in-domain first
+    grid = [["card", "real videos", "fake videos", "frames"]]
+    grid += [[in_domain(s) if s in train_sets else s, str(r), str(f), str(n)] for s, r, f, n in sizes.itertuples(False)]
+    return [
+        "",
+        "## Test sets",
+        "",
+        "Videos are the unit of independence (frames of one video are correlated): intervals resample videos.",
+        "",
+        _render(grid, "markdown"),
+    ]
+
+
+INTERVAL_NOTE = (
+    f"Brackets: 95% interval of the mean over seeds, at video level: {BOOTSTRAP} resamples of the test videos"
+    " (within each class; the same resamples for every seed; frame AUC takes each drawn video with its frames), the"
+    " AUC of each seed on a resample averaged over seeds. `avg`: each cross-dataset set resampled independently, the"
+    " sets averaged. Without score files: the runs' logged intervals averaged over seeds (none for `avg`); without"
+    f" those, none. {CHANCE_MARK}: the interval reaches {CHANCE} or lies below it: not above chance."
+)
+
+
+def _table_sections(
+    long: pd.DataFrame, scores: Mapping[str, ScoreFiles], experiment: str, out_dir: Path
+) -> tuple[list[str], list[str]]:
+    """The cross-dataset tables of :data:`TABLES` for both checkpoints, where the runs logged the metric.
+
+    Writes ``<metric>_<checkpoint>.csv`` and ``.tex`` and ``auc_heatmap.png``.
+
+    Returns:
+        The Markdown lines and the texts to print (the validation-selected checkpoint's tables).
+    """
+    markdown, printed = [], []
+    for metric, title in TABLES.items():
+        for checkpoint, name in CHECKPOINT_NAMES.items():
+            if not ((long["metric"] == metric) & (long["checkpoint"] == checkpoint)).any():
+                continue
+            intervals = (
+                interval_table(long, metric, checkpoint, scores[checkpoint]) if metric in INTERVAL_METRICS else None
+            )
+            table = cross_dataset_table(long, metric, checkpoint, intervals)
+            stem = out_dir / f"{metric}_{checkpoint}"
+            table.set_axis([f"{c}:{s}" for c, s in table.columns], axis=1).to_csv(stem.with_suffix(".csv"))
+            stem.with_suffix(".tex").write_text(format_table(table, "latex") + "\n")
+            note = _seeds_note(table.xs("n", axis=1, level=1).max(axis=1))
+            legend = ["", INTERVAL_NOTE] if intervals is not None else []
+            markdown += ["", f"## {title}, {name}{note}", "", format_table(table, "markdown"), *legend]
+            if checkpoint == "selected":
+                printed.append("\n".join([f"{title} ({name}){note}", format_table(table, "text"), *legend[1:]]))
+            if (metric, checkpoint) == ("auc", "selected"):
+                heatmap(table, out_dir / "auc_heatmap.png", f"{experiment}: AUC, {name}")
+                markdown += ["", "![AUC, validation-selected checkpoint](auc_heatmap.png)"]
+    return markdown, printed
+
+
+def _tuning_section(tuning: pd.DataFrame, out_dir: Path) -> tuple[list[str], str]:
+    """The tuning table (``tuning.csv``) and its section, and a line per label to print; nothing without tuning."""
+    if tuning.empty:
+        return [], ""
+    tuning.to_csv(out_dir / "tuning.csv", index=False)
+    grid = [["method", "trained on", "tune", "val AUC", "seeds", "kept"]]
+    lines = ["Tuning (chosen on validation only)"]
+    for _, row in tuning.iterrows():
+        tried = tuning[(tuning["label"] == row["label"]) & (tuning["train_set"] == row["train_set"])]
+        value = row["tune"] or "(none)"
+        kept = "yes" if row["kept"] else ""
+        grid.append([row["label"], row["train_set"], value, _cell(row, False), str(row["n"]), kept])
+        if row["kept"]:
+            lines.append(f"{row['label']}: {value} kept of {len(tried)} tried (val AUC {_cell(row, False)})")
+    markdown = [
+        "",
+        "## Tuning (chosen on validation only)",
+        "",
+        "Per method and training set, the tune value with the best mean validation AUC over seeds"
+        f" (`{VALIDATION.removeprefix('metrics.')}` of the validation-selected checkpoint) is kept; ties go to the"
+        " first value in sorted order. Every table and figure below shows the kept runs only; no test set took part"
+        " in the choice.",
+        "",
+        _render(grid, "markdown"),
+    ]
+    return markdown, "\n".join(lines)
+
+
 def write_report(
     experiment: str,
     tracking_uri: str,
@@ -676,10 +1009,14 @@ def write_report(
 ) -> str:
     """Write the report of an experiment into ``out_dir``: ``report.md`` with its tables and figures.
 
-    Always: AUC and EER tables of both checkpoints (``<metric>_<checkpoint>.csv``, ``.tex``) and ``auc_heatmap.png``.
-    Where the experiment has what they need: the ablation table of ``masm`` (``ablation.csv``, ``.tex``), our runs
-    beside the published tables of ``published_dir`` (``paper_<name>.csv``, ``.tex``) and the figures of
-    :mod:`bench.figures`. Run artifacts are downloaded only for these, into a temporary folder.
+    Where runs tried several tune values (tag ``tune``), only each label's value with the best mean validation AUC
+    is kept for everything below (:func:`choose_tuned`, ``tuning.csv``). Always: frame AUC, video AUC (where logged)
+    and EER tables of both checkpoints (``<metric>_<checkpoint>.csv``, ``.tex``) and ``auc_heatmap.png``; AUC cells
+    carry 95% video-level intervals (:func:`interval_table`), marked where they reach chance. Where the experiment
+    has what they need: the sizes of the test sets (``test_sets.csv``), the ablation table of ``masm`` with the
+    detectable difference and run activity (``ablation.csv``, ``.tex``), our runs beside the published tables of
+    ``published_dir`` (``paper_<name>.csv``, ``.tex``) and the figures of :mod:`bench.figures`. Run artifacts are
+    downloaded only for these, into a temporary folder.
 
     Args:
         experiment: the MLflow experiment.
@@ -689,12 +1026,12 @@ def write_report(
         published_as: our label -> the same method's name in published tables (adds a difference row).
 
     Returns:
-        The text to print: the AUC and EER tables of the validation-selected checkpoint.
+        The text to print: the tables of the validation-selected checkpoint, and the tune values kept.
 
     Raises:
-        ValueError: the experiment does not exist or has no finished runs.
+        ValueError: the experiment does not exist or has no finished runs, or a tune value has no validation AUC.
     """
-    runs = _search_runs(experiment, tracking_uri)
+    runs, tuning = choose_tuned(_search_runs(experiment, tracking_uri))
     long = collect(runs)
     if long.empty:
         raise ValueError(f"MLflow experiment '{experiment}' at {tracking_uri} has no finished runs with test metrics")
@@ -708,26 +1045,20 @@ def write_report(
         "Cells: mean ± sample standard deviation over seeds (the std is omitted for one seed). `avg` is the mean"
         " over the cross-dataset test sets only, computed per seed, then over seeds.",
     ]
-    printed = []
-    for metric in ("auc", "eer"):
-        for checkpoint, name in CHECKPOINT_NAMES.items():
-            table = cross_dataset_table(long, metric, checkpoint)
-            stem = out_dir / f"{metric}_{checkpoint}"
-            flat = table.set_axis([f"{c}:{s}" for c, s in table.columns], axis=1)
-            flat.to_csv(stem.with_suffix(".csv"))
-            stem.with_suffix(".tex").write_text(format_table(table, "latex") + "\n")
-            markdown += ["", f"## {metric.upper()}, {name}", "", format_table(table, "markdown")]
-            if checkpoint == "selected":
-                printed.append(f"{metric.upper()} ({name})\n{format_table(table, 'text')}")
-            if (metric, checkpoint) == ("auc", "selected"):
-                heatmap(table, out_dir / "auc_heatmap.png", f"{experiment}: AUC, {name}")
-    markdown += ["", "![AUC, validation-selected checkpoint](auc_heatmap.png)"]
     index = run_index(runs)
+    tuning_lines, tuning_text = _tuning_section(tuning, out_dir)
     with tempfile.TemporaryDirectory(prefix="bench-report-") as scratch:
         artifacts = Artifacts(tracking_uri, Path(scratch))
+        scores = {
+            checkpoint: _score_frames(long, run_ids(index), artifacts, checkpoint) for checkpoint in CHECKPOINT_NAMES
+        }
+        tables, printed = _table_sections(long, scores, experiment, out_dir)
+        markdown += tuning_lines
+        markdown += _test_set_section(long, scores["selected"] or scores["last"], out_dir)
+        markdown += tables
         markdown += _robustness_section(runs, out_dir)
-        markdown += _ablation_section(long, index, artifacts, out_dir)
+        markdown += _ablation_section(long, index, scores["selected"], out_dir)
         markdown += _paper_sections(long, out_dir, published_dir, published_as)
-        markdown += _figure_section(long, index, artifacts, out_dir)
+        markdown += _figure_section(long, index, scores["selected"], artifacts, out_dir)
     (out_dir / "report.md").write_text("\n".join([*markdown, ""]))
-    return "\n\n".join(printed)
+    return "\n\n".join([*printed, *([tuning_text] if tuning_text else [])])

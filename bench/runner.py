@@ -45,7 +45,14 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
         return Outcome(cell.name, FINISHED)
     save_config(cell.config, folder / "config.yaml")
     method = cell.config.method.name
-    tags = {"grid": grid, "cell": cell.name, "label": cell.label, "method": method, "family": method.split("/")[0]}
+    tags = {
+        "grid": grid,
+        "cell": cell.name,
+        "label": cell.label,
+        "method": method,
+        "family": method.split("/")[0],
+        "tune": cell.tune,
+    }
     run = Run(cell.config, experiment, cell.name, tags)
     try:
         metrics = train(cell.config, folder, log=run.log_metrics)

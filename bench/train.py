@@ -27,7 +27,7 @@ from bench.adapter import Adapter
 from bench.backbone import compile_backbone, create_backbone, data_config
 from bench.config import OptimConfig, RunConfig
 from bench.data.cards import load_card
-from bench.data.catalog import split_frames
+from bench.data.catalog import redrawn, split_frames
 from bench.data.frames import Frame
 from bench.data.loader import FrameDataset, FrameLoader, StepSampler, eval_loader, group_indices, train_loader
 from bench.metrics import binary_metrics
@@ -77,13 +77,13 @@ def schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
 
 def load_splits(cfg: RunConfig) -> Splits:
     """Resolve the cards of ``cfg.data`` into frame lists (generating offline cards when needed)."""
-    card = load_card(cfg.data.train)
+    card = redrawn(load_card(cfg.data.train), cfg.data.offline_seed)
     if card.validation is None:
         raise TrainingError(f"card {card.name} names no validation split, so it cannot be trained on")
     root, n = cfg.data.root, cfg.data.frames_per_video
     tests = {}
     for name in cfg.data.test:
-        test_card = load_card(name)
+        test_card = redrawn(load_card(name), cfg.data.offline_seed)
         tests[test_card.name] = split_frames(test_card, "test", root, n)
     return Splits(
         card.methods, split_frames(card, "train", root, n), split_frames(card, card.validation, root, n), tests
@@ -308,21 +308,27 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
         elif step % cfg.train.checkpoint_every == 0 and rank == 0:
             _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
     bar.close()
-    return _final_tests(cfg, run_dir, model, evaluator, splits, best)
+    return _final_tests(cfg, run_dir, model, evaluator, splits, best, step)
 
 
 def _final_tests(
-    cfg: RunConfig, run_dir: Path, model: Adapter, evaluator: Evaluator, splits: Splits, best: dict
+    cfg: RunConfig, run_dir: Path, model: Adapter, evaluator: Evaluator, splits: Splits, best: dict, step: int
 ) -> dict[str, float]:
+    """Test every test card with the last weights, then with the validation-selected ones (the same weights, not
+    tested twice, when the last validation was the best)."""
     main = distributed.is_main()
     results: dict[str, float] = {"params/trainable": model.num_trainable(), "params/total": _count(model)}
+    tested: dict[str, tuple[dict[str, float], list[Frame], np.ndarray]] = {}
     for prefix, tag in (("last/", "last"), ("", "selected")):
-        if tag == "selected":
+        if tag == "selected" and best["step"] != step:
             model.load_checkpoint_state(checkpoint.load(run_dir / BEST))
+            tested.clear()
         for name, frames in tqdm(
             splits.tests.items(), desc=f"test ({tag})", disable=None if main else True, leave=False
         ):
-            metrics, kept, scores = evaluator.metrics(name, frames, bootstrap=cfg.eval.bootstrap)
+            if name not in tested:
+                tested[name] = evaluator.metrics(name, frames, bootstrap=cfg.eval.bootstrap)
+            metrics, kept, scores = tested[name]
             if main:
                 write_scores(run_dir / "scores" / tag / f"{name}.csv", kept, scores)
             results.update({f"{prefix}{k}/{name}": v for k, v in metrics.items()})

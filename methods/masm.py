@@ -265,6 +265,10 @@ class MASM(Adapter):
             n: (m.pretrained_weight(), m.effective_weight()) for n, m in zip(self.layer_names, self.layers, strict=True)
         }
         scalars, spectra = weight_report(named)
+        scalars["factor_drift"] = float(self.drift().mean())
+        ema = self.loss_ema[~self.loss_ema.isnan()].double().cpu()
+        if len(ema) > 1:  # how far apart the subspaces' routed losses ended (coefficient of variation)
+            scalars["routed_loss_spread"] = float(ema.std() / ema.mean().clamp_min(1e-12))
         angles = [pairwise_angles(_subspace_bases(m)) for m in self.layers] if self.K > 1 else []
         if angles:
             upper = np.triu_indices(self.K, 1)

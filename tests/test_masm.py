@@ -99,6 +99,18 @@ def test_state_mask_refreshes_on_schedule_and_freezes_the_fastest_subspace() -> 
     assert frozen[0] == len(model.layers) // 2 and frozen[1:] == [0, 0, 0]
 
 
+def test_activity_diagnostics_report_drift_and_the_spread_of_routed_losses(tmp_path: Path) -> None:
+    model = _model(mask="none")
+    assert model.diagnostics(tmp_path)["factor_drift"] == pytest.approx(0.0, abs=1e-6)  # untrained: W_eff == W
+    optimizer = torch.optim.AdamW(model.param_groups(0.0), lr=5e-2)
+    for step in range(2):
+        _step(model, optimizer, [-1, -1, 0, 1, 2, 3, 0, 1], step)
+    model.loss_ema.copy_(torch.tensor([0.2, 0.4, 0.4, 0.4]))
+    scalars = model.diagnostics(tmp_path)
+    assert scalars["factor_drift"] == pytest.approx(float(model.drift().mean())) and scalars["factor_drift"] > 1e-4
+    assert scalars["routed_loss_spread"] == pytest.approx(0.1 / 0.35, rel=1e-6)  # sample std / mean
+
+
 def test_masm_resumes_exactly_with_its_mask_state(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
     cfg = resolve_config(
         tiny_config(tiny_cards, tmp_path, method={"name": "masm", "options": {"mask_every": 2, "mask": "random"}})

@@ -1,26 +1,37 @@
-"""Tests of bench.report: long results, the cross-dataset table, its formats, the heatmap and a real MLflow store."""
+"""Tests of bench.report: long results, the cross-dataset table, its intervals and formats, tuning on validation, the
+heatmap and a real MLflow store."""
 
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
 
-from bench.metrics import binary_metrics, delong_test
+from bench.metrics import binary_metrics, delong_difference, delong_test
 from bench.report import (
+    BOOTSTRAP,
+    BOOTSTRAP_SEED,
     PAPER_COLUMNS,
     PUBLISHED_DIR,
+    choose_tuned,
     collect,
     cross_dataset_table,
+    detectable_difference,
     format_table,
     heatmap,
+    interval_table,
     paired_delong,
     paper_table,
+    seed_mean_aucs,
     stouffer,
+    video_counts,
+    video_draws,
     video_scores,
     write_report,
 )
@@ -137,20 +148,27 @@ def test_heatmap_writes_png(runs: pd.DataFrame, tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_write_report_from_a_real_mlflow_store(tracking_uri: str, tmp_path: Path) -> None:
+def _log_rows(uri: str, experiment: str, rows: list[dict]) -> None:
+    """Log rows shaped like :func:`_run` as finished runs of a new experiment of the MLflow store at ``uri``."""
     import mlflow
 
-    uri = tracking_uri
     client = mlflow.MlflowClient(uri)
-    experiment = client.create_experiment("offline-grid")
-    for seed, auc in ((0, (0.95, 0.70, 0.80)), (1, (0.97, 0.74, 0.84))):
-        row = _run("full-ft", seed, auc)
-        run = client.create_run(experiment, tags={k[5:]: v for k, v in row.items() if k.startswith("tags.")})
+    experiment_id = client.create_experiment(experiment)
+    for row in rows:
+        run = client.create_run(experiment_id, tags={k[5:]: v for k, v in row.items() if k.startswith("tags.")})
         for key in ("params.train.seed", "params.data.train", "params.method.name"):
             client.log_param(run.info.run_id, key[7:], row[key])
         for key in [k for k in row if k.startswith("metrics.")]:
             client.log_metric(run.info.run_id, key[8:], row[key])
         client.set_terminated(run.info.run_id)
+
+
+def test_write_report_from_a_real_mlflow_store(tracking_uri: str, tmp_path: Path) -> None:
+    import mlflow
+
+    uri = tracking_uri
+    client = mlflow.MlflowClient(uri)
+    _log_rows(uri, "offline-grid", [_run("full-ft", 0, (0.95, 0.70, 0.80)), _run("full-ft", 1, (0.97, 0.74, 0.84))])
     client.set_terminated(client.create_run(client.create_experiment("failed")).info.run_id, status="FAILED")
 
     printed = write_report("offline-grid", uri, tmp_path / "report")
@@ -164,7 +182,9 @@ def test_write_report_from_a_real_mlflow_store(tracking_uri: str, tmp_path: Path
     assert {"auc_selected.csv", "eer_last.tex", "auc_heatmap.png"} <= names
     # No ablations, no paper's test sets, no artifacts: those parts are left out quietly.
     assert names.isdisjoint({"ablation.csv", "roc.png", "spectra.png", "mask_history.png", "ablation_bars.png"})
+    assert names.isdisjoint({"video_auc_selected.csv", "test_sets.csv", "tuning.csv"})  # not logged, no scores
     assert "## Ablations" not in markdown and "## Beside" not in markdown and "## Figures" not in markdown
+    assert "## Test sets" not in markdown and "## Tuning" not in markdown and "no spread over seeds" not in markdown
     with pytest.raises(ValueError, match=r"no MLflow experiment named 'nope' at sqlite:///"):
         write_report("nope", uri, tmp_path / "report")
     with pytest.raises(ValueError, match=r"experiment 'failed' at sqlite:.* has no finished runs"):
@@ -183,6 +203,8 @@ SEPARATION = {
     "effort": (2.0, 0.9, 0.9),
 }
 DRIFT = {"masm": 2.0, "masm/no-mask": 4.0, "full-ft": 30.0, "effort": 3.0}
+# Run activity metrics beside the ablations: the masked share only where masking runs, train/orth for both.
+ACTIVITY = {"masm": {"diag/masked_fraction": 0.25, "train/orth": 0.01}, "masm/no-mask": {"train/orth": 0.03}}
 SEEDS = (0, 1)
 
 
@@ -225,13 +247,14 @@ def _log_grid_run(client, experiment: str, label: str, seed: int, folder: Path) 
     run_id = client.create_run(experiment, tags={**tags, "grid": "paper", "status": "FINISHED"}).info.run_id
     params = {"method.name": label, "train.seed": seed, "data.train": TRAIN}
     metrics = {"diag/drift_mean": DRIFT[label] + seed}
+    metrics |= {name: value * (1 + seed) for name, value in ACTIVITY.get(label, {}).items()}
     for card in CARDS:
         frame = _scores(label, seed, card)
         path = folder / "scores" / "selected" / f"{card}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(path, index=False)
         client.log_artifact(run_id, str(path), "scores/selected")
-        for key, value in binary_metrics(frame["label"], frame["score"]).items():
+        for key, value in binary_metrics(frame["label"], frame["score"], frame["video"]).items():
             metrics |= {f"{key}/{card}": value, f"last/{key}/{card}": value - 0.01}
     _diagnostics(label, folder / "diagnostics")
     for path in sorted((folder / "diagnostics").glob("*.npz")):
@@ -266,7 +289,7 @@ def paper_report(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) ->
         for seed in SEEDS:
             _log_grid_run(client, experiment, label, seed, base / f"{label.replace('/', '_')}-{seed}")
     out = tmp_path_factory.mktemp("paper-report")
-    write_report("paper-grid", tracking_uri, out)
+    (out / "printed.txt").write_text(write_report("paper-grid", tracking_uri, out))
     return out
 
 
@@ -349,12 +372,252 @@ def test_paper_table_uses_the_published_average_when_every_set_is_covered() -> N
 
 def test_paired_delong_needs_the_same_frames_and_stouffer_keeps_one_p() -> None:
     a, b = _scores("masm", 0, "dfd"), _scores("masm/no-mask", 0, "dfd")
-    auc_a, auc_b, p = paired_delong(a, b)
+    auc_a, auc_b, p, se = paired_delong(a, b)
     va, vb = video_scores(a), video_scores(b)
     assert len(va) == len(a) // 4  # four frames per video: the test pairs videos
     assert (auc_a, auc_b, p) == delong_test(va["label"], va["score"], vb["score"])
+    assert se == pytest.approx(math.sqrt(delong_difference(va["label"], va["score"], vb["score"])[2]))
+    assert se > 0 and p == pytest.approx(2 * norm.sf(abs(auc_a - auc_b) / se))
     with pytest.raises(ValueError, match="list different frames"):
         paired_delong(a, b.iloc[::-1])
     assert stouffer([-0.1], [0.03]) == pytest.approx(0.03)
     assert stouffer([0.1, -0.1], [0.01, 0.01]) == pytest.approx(1.0)
     assert 0 < stouffer([0.1, 0.1], [0.0, 0.5]) < 1e-100  # a p of 0 stays finite in z
+
+
+# Two seeds' score files of four videos (two real, two fake), two frames each; sorted video ids: f0, f1, r0, r1.
+TINY_VIDEOS = ["r0", "r0", "r1", "r1", "f0", "f0", "f1", "f1"]
+TINY_SCORES = ((0.1, 0.3, 0.6, 0.2, 0.4, 0.9, 0.7, 0.8), (0.5, 0.2, 0.3, 0.1, 0.6, 0.35, 0.9, 0.25))
+
+
+def _tiny(scores: tuple[float, ...]) -> pd.DataFrame:
+    paths = [f"{video}/{i}.png" for i, video in enumerate(TINY_VIDEOS)]
+    return pd.DataFrame(
+        {"video": TINY_VIDEOS, "label": [0] * 4 + [1] * 4, "method": "x", "score": scores, "path": paths}
+    )
+
+
+def test_seed_mean_aucs_is_the_mean_over_seeds_of_each_resample_auc() -> None:
+    frames = [_tiny(scores) for scores in TINY_SCORES]
+    ids = ["f0", "f1", "r0", "r1"]
+    draws = np.array([[0, 1, 2, 3], [0, 0, 3, 3], [1, 0, 2, 2], [1, 1, 3, 2]])
+    for metric in ("auc", "video_auc"):
+        expected = []
+        for draw in draws:
+            per_seed = []
+            for frame in frames:
+                rows = video_scores(frame).reset_index() if metric == "video_auc" else frame
+                drawn = pd.concat([rows[rows["video"] == ids[i]] for i in draw])  # a video drawn twice counts twice
+                per_seed.append(roc_auc_score(drawn["label"], drawn["score"]))
+            expected.append(np.mean(per_seed))
+        assert seed_mean_aucs(frames, metric, draws) == pytest.approx(expected)
+    own = [binary_metrics(f["label"], f["score"], f["video"]) for f in frames]  # the first draw is every video once
+    assert seed_mean_aucs(frames, "video_auc", draws)[0] == pytest.approx(np.mean([m["video_auc"] for m in own]))
+
+
+def test_video_draws_keep_each_class_and_repeat_with_the_seed() -> None:
+    frames = [_tiny(scores) for scores in TINY_SCORES]
+    draws = video_draws(frames, 50, np.random.default_rng(1))
+    assert draws.shape == (50, 4)
+    assert set(draws[:, :2].ravel()) == {0, 1} and set(draws[:, 2:].ravel()) == {2, 3}  # fakes f0, f1; reals r0, r1
+    assert (draws == video_draws(frames, 50, np.random.default_rng(1))).all()
+
+
+def test_intervals_from_score_files_or_logged_bounds_and_the_chance_mark(runs: pd.DataFrame) -> None:
+    # full-ft logged frame-AUC intervals on the cross-dataset sets: jpeg's mean lower bound reaches chance.
+    for seed, (jpeg, noise) in {0: ((0.40, 0.80), (0.60, 0.90)), 1: ((0.50, 0.90), (0.62, 0.92))}.items():
+        at = runs["run_id"] == f"full-ft-{seed}"
+        runs.loc[at, ["metrics.auc_lo/offline-jpeg", "metrics.auc_hi/offline-jpeg"]] = jpeg
+        runs.loc[at, ["metrics.auc_lo/offline-noise", "metrics.auc_hi/offline-noise"]] = noise
+    long = collect(runs)
+    # masm/no_mask (one seed) has score files of every set: its intervals resample them.
+    scores = {("masm/no_mask", 0, card): _tiny(TINY_SCORES[i % 2]) for i, card in enumerate(SETS)}
+    intervals = interval_table(long, "auc", "selected", scores, resamples=200)
+
+    full = intervals.loc["full-ft"]
+    assert (full["offline-jpeg", "lo"], full["offline-jpeg", "hi"]) == pytest.approx((0.45, 0.85))
+    assert (full["offline-noise", "lo"], full["offline-noise", "hi"]) == pytest.approx((0.61, 0.91))
+    assert full[["offline-ff (in-domain)", "avg"]].isna().all()  # nothing logged in-domain; no bootstrap for avg
+    values = {}
+    for card in SETS:
+        frames = [scores["masm/no_mask", 0, card]]
+        rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(card.encode())])
+        values[card] = seed_mean_aucs(frames, "auc", video_draws(frames, 200, rng))
+    ablated = intervals.loc["masm/no_mask"]
+    assert (ablated["offline-jpeg", "lo"], ablated["offline-jpeg", "hi"]) == pytest.approx(
+        tuple(np.percentile(values["offline-jpeg"], [2.5, 97.5]))
+    )
+    avg = np.mean([values["offline-jpeg"], values["offline-noise"]], axis=0)  # each set resampled on its own
+    assert (ablated["avg", "lo"], ablated["avg", "hi"]) == pytest.approx(tuple(np.percentile(avg, [2.5, 97.5])))
+
+    table = cross_dataset_table(long, intervals=intervals)
+    row = (
+        "| full-ft | 0.960 ± 0.014 | 0.720 ± 0.028 [0.450, 0.850]° | 0.820 ± 0.028 [0.610, 0.910] | 0.770 ± 0.028 | 2 |"
+    )
+    assert format_table(table, "markdown").splitlines()[2] == row
+    text = format_table(table, "text").splitlines()[2]
+    assert "0.720 ± 0.028 [0.450, 0.850]°" in text and "0.820 ± 0.028 [0.610, 0.910] " in text
+    latex = format_table(table, "latex")
+    assert r"$0.720 \pm 0.028\ [0.450, 0.850]^{\circ}$ & $0.820 \pm 0.028\ [0.610, 0.910]$ &" in latex
+    cells = format_table(table, "markdown").splitlines()[3].split(" | ")[1:5]  # masm/no_mask: marked where due
+    columns = list(dict.fromkeys(table.columns.get_level_values(0)))
+    assert [cell.endswith("°") for cell in cells] == [bool(ablated[c, "lo"] <= 0.5) for c in columns]
+
+
+def test_detectable_difference_is_just_significant_by_stouffer() -> None:
+    se = [0.02, 0.04]
+    d = detectable_difference(se)
+    assert d == pytest.approx(norm.isf(0.025) * math.sqrt(2) / (1 / 0.02 + 1 / 0.04))
+    assert stouffer([d, d], [2 * norm.sf(d / s) for s in se]) == pytest.approx(0.05)
+    assert math.isnan(detectable_difference([0.0, 0.1]))  # no variance on one seed: nothing to test
+
+
+def test_video_counts_take_the_first_score_file_of_each_set() -> None:
+    one_class = _tiny(TINY_SCORES[0]).iloc[4:]
+    scores = {("b", 0, "x"): one_class, ("a", 1, "x"): _tiny(TINY_SCORES[0]), ("a", 0, "y"): one_class}
+    counts = video_counts(scores)
+    assert counts.values.tolist() == [["x", 2, 2, 8], ["y", 0, 2, 4]]
+
+
+def test_a_one_seed_report_says_so(tracking_uri: str, tmp_path: Path) -> None:
+    _log_rows(tracking_uri, "one-seed", [_run("full-ft", 0, (0.95, 0.70, 0.80))])
+    printed = write_report("one-seed", tracking_uri, tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## AUC, validation-selected checkpoint — one seed: no spread over seeds" in markdown
+    assert "## EER, last checkpoint — one seed: no spread over seeds" in markdown
+    assert printed.startswith("AUC (validation-selected checkpoint) — one seed: no spread over seeds\n")
+    assert "| full-ft | 0.950 | 0.700 | 0.800 | 0.750 | 1 |" in markdown
+
+
+def _tuned(label: str, seed: int, tune: str, val: float, auc: tuple[float, ...]) -> dict:
+    return _run(label, seed, auc, **{"run_id": f"{label}-{tune}-{seed}", "tags.tune": tune, "metrics.val/auc": val})
+
+
+# optim.lr=0.001 is the better value on validation (mean 0.95) and the worse one on the test sets: it must be kept.
+TUNED = [
+    _tuned("masm", 0, "optim.lr=0.001", 0.96, (0.99, 0.60, 0.62)),
+    _tuned("masm", 1, "optim.lr=0.001", 0.94, (0.98, 0.64, 0.66)),
+    _tuned("masm", 0, "optim.lr=0.01", 0.90, (0.97, 0.90, 0.92)),
+    _tuned("masm", 1, "optim.lr=0.01", 0.92, (0.96, 0.88, 0.90)),
+    _tuned("full-ft", 0, "", 0.99, (0.95, 0.70, 0.80)),
+]
+
+
+def test_choose_tuned_keeps_the_value_best_on_validation_not_on_test() -> None:
+    kept, tuning = choose_tuned(pd.DataFrame(TUNED))
+    assert sorted(kept["run_id"]) == ["full-ft--0", "masm-optim.lr=0.001-0", "masm-optim.lr=0.001-1"]
+    rows = tuning.set_index(["label", "tune"])
+    assert list(tuning.columns) == ["label", "train_set", "tune", "mean", "std", "n", "kept"]
+    assert rows.loc[("masm", "optim.lr=0.001"), ["mean", "std"]].tolist() == pytest.approx([0.95, math.sqrt(2e-4)])
+    assert rows.loc[("masm", "optim.lr=0.01"), "mean"] == pytest.approx(0.91)
+    assert rows["n"].tolist() == [1, 2, 2] and rows["kept"].tolist() == [True, True, False]
+    table = cross_dataset_table(collect(kept))
+    assert table.loc["masm", ("offline-jpeg", "mean")] == pytest.approx(0.62)  # the kept value's test AUC
+    assert table.loc["masm", ("offline-jpeg", "n")] == 2
+
+
+def test_choose_tuned_ties_untuned_runs_and_missing_validation(runs: pd.DataFrame) -> None:
+    tied = pd.DataFrame(TUNED[::-1]).assign(**{"metrics.val/auc": 0.9})
+    assert set(choose_tuned(tied)[0]["tags.tune"]) == {"", "optim.lr=0.001"}  # the first value in sorted order
+    kept, tuning = choose_tuned(runs)  # no tune tag: every finished run kept
+    assert sorted(kept["run_id"]) == ["full-ft-0", "full-ft-1", "masm/no_mask-0"] and tuning.empty
+    kept, tuning = choose_tuned(pd.DataFrame(TUNED[:2] + TUNED[4:]))  # one value per label: nothing to choose
+    assert len(kept) == 3 and tuning.empty
+    untagged = {**TUNED[4], "tags.tune": None, "metrics.val/auc": 0.5, "start_time": 1}  # an older run, no tag
+    kept, tuning = choose_tuned(pd.DataFrame([*TUNED, untagged]).fillna({"start_time": 2}))
+    assert len(kept) == 3 and tuning.loc[tuning["label"] == "full-ft", ["mean", "n"]].values.tolist() == [[0.99, 1]]
+    unscored = pd.DataFrame(TUNED)
+    unscored.loc[unscored["tags.tune"] == "optim.lr=0.01", "metrics.val/auc"] = float("nan")
+    with pytest.raises(ValueError, match=r"runs of masm \[optim.lr=0.01\] have no metrics.val/auc"):
+        choose_tuned(unscored)
+
+
+def test_write_report_keeps_the_tune_value_chosen_on_validation(tracking_uri: str, tmp_path: Path) -> None:
+    _log_rows(tracking_uri, "tuned-grid", TUNED)
+    printed = write_report("tuned-grid", tracking_uri, tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Tuning (chosen on validation only)" in markdown
+    assert "| full-ft | offline-ff | (none) | 0.990 | 1 | yes |" in markdown
+    assert "| masm | offline-ff | optim.lr=0.001 | 0.950 ± 0.014 | 2 | yes |" in markdown
+    assert "| masm | offline-ff | optim.lr=0.01 | 0.910 ± 0.014 | 2 |  |" in markdown
+    assert "| masm | 0.985 ± 0.007 | 0.620 ± 0.028 | 0.640 ± 0.028 | 0.630 ± 0.028 | 2 |" in markdown
+    assert "0.900" not in markdown.split("## AUC, validation-selected checkpoint")[1]  # no run of optim.lr=0.01
+    assert printed.endswith(
+        "Tuning (chosen on validation only)\nfull-ft: (none) kept of 1 tried (val AUC 0.990)\n"
+        "masm: optim.lr=0.001 kept of 2 tried (val AUC 0.950 ± 0.014)"
+    )
+    tuning = pd.read_csv(tmp_path / "tuning.csv", keep_default_na=False)
+    assert tuning[["label", "tune", "n", "kept"]].values.tolist() == [
+        ["full-ft", "", 1, True],
+        ["masm", "optim.lr=0.001", 2, True],
+        ["masm", "optim.lr=0.01", 2, False],
+    ]
+
+
+def _section(markdown: str, heading: str) -> str:
+    """The body of the Markdown section ``## <heading>``."""
+    return markdown.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _column(card: str) -> str:
+    return f"{card} (in-domain)" if card == TRAIN else card
+
+
+def test_report_tables_carry_video_level_intervals_from_the_score_files(paper_report: Path) -> None:
+    label = "masm/no-mask"
+    markdown, printed = ((paper_report / name).read_text() for name in ("report.md", "printed.txt"))
+    for metric, title in (("auc", "AUC"), ("video_auc", "Video AUC")):
+        table = pd.read_csv(paper_report / f"{metric}_selected.csv", index_col=0)
+        values = {}
+        for card in CARDS:
+            frames = [_scores(label, seed, card) for seed in SEEDS]
+            rng = np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32(card.encode())])
+            values[card] = seed_mean_aucs(frames, metric, video_draws(frames, BOOTSTRAP, rng))
+        values["avg"] = np.mean([values[card] for card in CARDS[1:]], axis=0)
+        for card, resampled in values.items():
+            column = _column(card) if card != "avg" else card
+            low, high = np.percentile(resampled, [2.5, 97.5])
+            assert table.loc[label, [f"{column}:lo", f"{column}:hi"]].tolist() == pytest.approx([low, high])
+        dfd = table.loc[label]
+        cell = f"{dfd['dfd:mean']:.3f} ± {dfd['dfd:std']:.3f} [{dfd['dfd:lo']:.3f}, {dfd['dfd:hi']:.3f}]"
+        assert f"{cell} |" in _section(markdown, f"{title}, validation-selected checkpoint")
+        assert f"{cell} " in printed.split(f"{title} (validation-selected checkpoint)")[1]
+    assert "°: the interval reaches 0.5" in _section(markdown, "AUC, validation-selected checkpoint")
+    last = _section(markdown, "AUC, last checkpoint")  # no score files of the last checkpoint, no logged bounds
+    assert "| masm | " in last and "[" not in last.split("Brackets:")[0]
+
+
+def test_report_counts_the_test_videos(paper_report: Path) -> None:
+    markdown = (paper_report / "report.md").read_text()
+    rows = "\n".join(f"| {_column(card)} | 30 | 30 | {FRAMES} |" for card in CARDS)  # in-domain first
+    assert rows in _section(markdown, "Test sets")
+    assert pd.read_csv(paper_report / "test_sets.csv").values.tolist() == [
+        [card, 30, 30, FRAMES] for card in sorted(CARDS)
+    ]
+
+
+def test_ablation_states_the_detectable_difference_and_run_activity(paper_report: Path) -> None:
+    table = pd.read_csv(paper_report / "ablation.csv").set_index(["label", "column"])
+    cells = []
+    for card in CARDS:
+        se = []
+        for seed in SEEDS:
+            full, ablated = (video_scores(_scores(label, seed, card)) for label in ("masm", "masm/no-mask"))
+            se.append(math.sqrt(max(delong_difference(full["label"], full["score"], ablated["score"])[2], 0)))
+        expected = norm.isf(0.025) * math.sqrt(len(SEEDS)) / sum(1 / s for s in se) if min(se) > 0 else math.nan
+        assert table.loc[("masm/no-mask", _column(card)), "detectable"] == pytest.approx(expected, nan_ok=True)
+        cells.append("–" if math.isnan(expected) else f"{expected:.3f}")
+    assert cells[-1] != "–"  # dfd: a finite difference, one ablation, so the median is its own
+    section = _section(
+        (paper_report / "report.md").read_text(), "Ablations of `masm` (AUC, validation-selected checkpoint)"
+    )
+    means = section.split("p-values")[0]
+    assert f"| detectable at p<0.05 | {' | '.join(cells)} | – | – |  |  |" in means
+    # Activity: only the columns some run logged, the mean over seeds (seed 1 logs twice seed 0's value), – if absent.
+    assert "| method | ff-c23 (in-domain) | celebdf-v2 | dfd | avg | seeds | masked | orth |" in means
+    assert [line.rsplit(" | ", 3)[1:] for line in means.splitlines() if line.startswith("| masm")] == [
+        ["2", "0.375", "0.015 |"],
+        ["2", "–", "0.045 |"],
+    ]
+    assert table.loc[("masm", "dfd"), "diag/masked_fraction"] == pytest.approx(0.375)
+    assert "train/spec" not in table.columns and "`orth` (train/orth)" in means

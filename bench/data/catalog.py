@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,14 @@ def read_folder(split_dir: Path, frames_per_video: int) -> list[Frame]:
         video_id = video.relative_to(split_dir).as_posix()
         frames += [Frame(str(images[i]), label, method, video_id) for i in sample_evenly(len(images), frames_per_video)]
     return frames
+
+
+def redrawn(card: Card, seed: int | None) -> Card:
+    """An offline card generated with another seed, in its own folder ``<root>-seed<seed>``; any other card, or
+    ``seed=None``, as it is."""
+    if seed is None or card.format != "offline":
+        return card
+    return dataclasses.replace(card, root=f"{card.root}-seed{seed}", generate={**(card.generate or {}), "seed": seed})
 
 
 def ensure_generated(card: Card, data_root: str | Path) -> Path:

@@ -1,12 +1,15 @@
-"""The offline benchmark: real and forged "videos" cut from images that ship inside scikit-image's wheel.
+"""The offline benchmark: real and forged "videos" cut from freely licensed images that ship inside installed wheels.
 
-A video is one location of a source image; its frames are crops of that location with a small jitter of position
-and scale, so frames of a video are correlated like video frames. Fakes get one forgery family of
-:mod:`bench.data.forgeries` applied to each final crop. Locations are tiles of the sources, each used by one video
-only, so real and fake videos and the splits of a card never share image content. Two pools of sources keep the
-training and the cross-dataset cards apart (the LFW faces are split by face).
+A real video is one location (a tile) of a source image; its frames are crops of that tile with a small jitter of
+position and scale, so frames of a video are correlated like video frames, and every crop stays inside its tile.
+Each real video has one fake twin, as in FaceForensics++: the same crops with one forgery family of
+:mod:`bench.data.forgeries` applied to each frame, so image content cannot tell real from fake. Tiles are used by one
+real video only, so the splits of a card never share content; two pools of sources (the LFW faces split by face) keep
+the training card and the cross-dataset cards apart. With ``degrade`` every frame, real and fake alike, is then
+post-processed as distributed videos are (:func:`bench.data.perturb.degrade`); a pair shares the same draw.
 
-Layout: ``out/<split>/real/<video>/<frame>.png``, ``out/<split>/fake/<family>/<video>/<frame>.png`` and
+Layout: ``out/<split>/real/<split>-real-<n>/<frame>.png``, ``out/<split>/fake/<family>/<split>-fake-<n>/<frame>.png``
+(the fake of real ``n`` has the same ``n``), ``out/videos.json`` (per video: source image, tile, family, twin) and
 ``out/spec.json``. The same spec always gives byte-identical files.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +27,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench.data.forgeries import DEFAULT_SEVERITY, FAMILIES
+from bench.data.perturb import degrade
 
-GENERATOR_VERSION = 1
-TILE = 128
+GENERATOR_VERSION = 2
+TILE = 64
 """Side in source pixels of the tiles that videos are cut from."""
 MAX_SIDE = 640
 """Larger sources are shrunk to this longest side first."""
@@ -34,11 +39,59 @@ FACE_SIDE = 100
 MIN_STD = 0.03
 """Tiles whose grey values vary less than this (flat background) are skipped."""
 
-POOLS: dict[str, tuple[str, ...]] = {
-    "train": ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "brick", "grass"),
-    "test": ("camera", "coins", "gravel", "moon", "retina", "immunohistochemistry"),
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        return np.asarray(getattr(skimage.data, name)())
+
+    return load
+
+
+def _sklearn(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_image
+
+        return np.asarray(load_sample_image(name))
+
+    return load
+
+
+def _matplotlib(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data(name) as fh:
+            return np.asarray(Image.open(fh).convert("RGB"))
+
+    return load
+
+
+LOADERS: dict[str, Callable[[], np.ndarray]] = {
+    "china": _sklearn("china.jpg"),
+    "flower": _sklearn("flower.jpg"),
+    "grace_hopper": _matplotlib("grace_hopper.jpg"),
 }
-"""Natural-image sources of each pool (``horse`` is left out: it is a binary silhouette, not a photograph)."""
+"""Sources from outside scikit-image: scikit-learn's two sample photographs and matplotlib's portrait of Grace Hopper
+(public domain); every other source is an image of ``skimage.data`` (CC0 / public domain)."""
+
+POOLS: dict[str, tuple[str, ...]] = {
+    "train": (
+        "astronaut",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "hubble_deep_field",
+        "brick",
+        "grass",
+        "china",
+        "grace_hopper",
+    ),
+    "test": ("camera", "coins", "gravel", "moon", "retina", "immunohistochemistry", "clock", "cell", "flower"),
+}
+"""Natural-image sources of each pool; each pool also holds one half of scikit-image's 100 LFW faces. ``horse`` (a
+binary silhouette) and ``cat`` (the same photograph as ``chelsea``) are left out."""
 
 
 @dataclass
@@ -48,11 +101,12 @@ class OfflineSpec:
     Attributes:
         sources: ``train`` or ``test``: which pool of source images.
         families: forgery families of the fakes.
-        videos: split name -> number of real videos; as many fake videos, spread evenly over ``families``.
+        videos: split name -> number of real videos; each has one fake twin, families spread evenly over the fakes.
         frames: frames per video.
         size: crop side in pixels.
-        seed: seeds locations, jitter and forgeries.
+        seed: seeds locations, jitter, forgeries and degradation.
         severity: per-family override of :data:`bench.data.forgeries.DEFAULT_SEVERITY`.
+        degrade: post-process every frame (reals and fakes alike) with :func:`bench.data.perturb.degrade`.
     """
 
     sources: str
@@ -62,6 +116,7 @@ class OfflineSpec:
     size: int = 112
     seed: int = 0
     severity: dict[str, float] = field(default_factory=dict)
+    degrade: bool = False
 
     def __post_init__(self) -> None:
         if self.sources not in POOLS:
@@ -85,13 +140,21 @@ class OfflineSpec:
 
 
 @dataclass(frozen=True)
-class _Tile:
-    """A square region of a source image that one video is cut from."""
+class Tile:
+    """A square region of a source image that one real video (and its fake twin) is cut from."""
 
-    source: int
+    source: str
     y: float
     x: float
     side: float
+
+    def overlaps(self, other: Tile) -> bool:
+        """Whether the two tiles share any pixel of the same source."""
+        return (
+            self.source == other.source
+            and abs(self.y - other.y) < (self.side + other.side) / 2
+            and abs(self.x - other.x) < (self.side + other.side) / 2
+        )
 
 
 def _rgb(image: np.ndarray) -> Image.Image:
@@ -103,85 +166,79 @@ def _rgb(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image[..., :3])
 
 
-def _load_pool(pool: str) -> list[Image.Image]:
-    """The pool's natural images (shrunk to :data:`MAX_SIDE`) followed by its half of the LFW faces (upscaled)."""
+def load_pool(pool: str) -> dict[str, Image.Image]:
+    """The pool's natural images (shrunk to :data:`MAX_SIDE`) and its half of the LFW faces (upscaled), by name."""
     import skimage.data
 
-    images = []
+    images = {}
     for name in POOLS[pool]:
-        image = _rgb(getattr(skimage.data, name)())
+        image = _rgb(LOADERS.get(name, _skimage(name))())
         factor = MAX_SIDE / max(image.size)
         if factor < 1.0:
             image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.LANCZOS)
-        images.append(image)
+        images[name] = image
     faces = skimage.data.lfw_subset()[:100]
-    half = faces[:50] if pool == "train" else faces[50:]
-    images += [_rgb(face).resize((FACE_SIDE, FACE_SIDE), Image.Resampling.BICUBIC) for face in half]
+    first = 0 if pool == "train" else 50
+    for index in range(first, first + 50):
+        images[f"lfw-{index:03d}"] = _rgb(faces[index]).resize((FACE_SIDE, FACE_SIDE), Image.Resampling.BICUBIC)
     return images
 
 
-def _tiles(images: list[Image.Image], n_natural: int, rng: np.random.Generator) -> list[list[_Tile]]:
+def _tiles(images: dict[str, Image.Image], rng: np.random.Generator) -> list[list[Tile]]:
     """Shuffled non-overlapping tiles per natural source, flat ones skipped; all faces form one more source."""
-    per_source = []
-    for index, image in enumerate(images[:n_natural]):
+    per_source, faces = [], []
+    for name, image in images.items():
+        if name.startswith("lfw-"):
+            faces.append(Tile(name, 0.0, 0.0, FACE_SIDE))
+            continue
         grey = np.asarray(image.convert("L"), np.float32) / 255.0
         ny, nx = image.height // TILE, image.width // TILE
-        y0, x0 = (image.height - ny * TILE) / 2, (image.width - nx * TILE) / 2
+        y0, x0 = (image.height - ny * TILE) // 2, (image.width - nx * TILE) // 2
         tiles = [
-            _Tile(index, y0 + i * TILE, x0 + j * TILE, TILE)
+            Tile(name, y0 + i * TILE, x0 + j * TILE, TILE)
             for i in range(ny)
             for j in range(nx)
-            if grey[int(y0) + i * TILE : int(y0) + (i + 1) * TILE, int(x0) + j * TILE : int(x0) + (j + 1) * TILE].std()
-            >= MIN_STD
+            if grey[y0 + i * TILE : y0 + (i + 1) * TILE, x0 + j * TILE : x0 + (j + 1) * TILE].std() >= MIN_STD
         ]
         per_source.append([tiles[k] for k in rng.permutation(len(tiles))])
-    faces = [_Tile(index, 0.0, 0.0, FACE_SIDE) for index in range(n_natural, len(images))]
     per_source.append([faces[k] for k in rng.permutation(len(faces))])
     return per_source
 
 
-def _round_robin(per_source: list[list[_Tile]], count: int) -> list[_Tile]:
+def _round_robin(per_source: list[list[Tile]], count: int) -> list[Tile]:
     """``count`` tiles taken from the sources in turn, so every source contributes as evenly as its tiles allow."""
-    taken: list[_Tile] = []
+    taken: list[Tile] = []
     depth = 0
     while len(taken) < count:
         layer = [tiles[depth] for tiles in per_source if depth < len(tiles)]
         if not layer:
             total = sum(map(len, per_source))
-            raise ValueError(f"the pool has {total} distinct locations; the spec needs {count} videos")
+            raise ValueError(f"the pool has {total} distinct locations; the spec needs {count} real videos")
         taken += layer[: count - len(taken)]
         depth += 1
     return taken
 
 
-def _interleave(counts: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
-    """Slots ``(split, label)`` in an order that spreads each slot evenly along the sequence."""
-    keyed = [((k + 0.5) / n, slot) for slot, n in counts.items() for k in range(n)]
-    return [slot for _, slot in sorted(keyed, key=lambda item: item[0])]
+def _interleave(counts: dict[str, int]) -> list[str]:
+    """Split names in an order that spreads each split evenly along the sequence."""
+    keyed = [((k + 0.5) / n, split) for split, n in counts.items() for k in range(n)]
+    return [split for _, split in sorted(keyed, key=lambda item: item[0])]
 
 
-def _crop(image: Image.Image, tile: _Tile, size: int, frames: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Frames of one video: jittered square crops of a tile, resized to ``size``, as float32 arrays in ``[0, 1]``."""
+def _crop(image: Image.Image, tile: Tile, size: int, frames: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Frames of one video: jittered square crops inside a tile, resized to ``size``, as float32 in ``[0, 1]``."""
     side = tile.side * rng.uniform(0.75, 0.9)
     free = tile.side - side
-    cy, cx = (
-        tile.y + tile.side / 2 + rng.uniform(-0.3, 0.3) * free,
-        tile.x + tile.side / 2 + rng.uniform(-0.3, 0.3) * free,
-    )
+    cy = tile.y + tile.side / 2 + rng.uniform(-0.3, 0.3) * free
+    cx = tile.x + tile.side / 2 + rng.uniform(-0.3, 0.3) * free
     out = []
     for _ in range(frames):
-        s = min(side * float(np.exp(rng.normal(0.0, 0.03))), image.width, image.height)
-        y = float(np.clip(cy + rng.normal(0.0, 0.02 * side) - s / 2, 0.0, image.height - s))
-        x = float(np.clip(cx + rng.normal(0.0, 0.02 * side) - s / 2, 0.0, image.width - s))
+        s = min(side * float(np.exp(rng.normal(0.0, 0.03))), tile.side)
+        y = float(np.clip(cy + rng.normal(0.0, 0.02 * side) - s / 2, tile.y, tile.y + tile.side - s))
+        x = float(np.clip(cx + rng.normal(0.0, 0.02 * side) - s / 2, tile.x, tile.x + tile.side - s))
         crop = image.transform((size, size), Image.Transform.EXTENT, (x, y, x + s, y + s), Image.Resampling.BICUBIC)
         out.append(np.asarray(crop, np.float32) / 255.0)
     return out
-
-
-def _save(image: np.ndarray, path: Path) -> None:
-    """Write a float image in ``[0, 1]`` as an 8-bit PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)).save(path)
 
 
 def _family_order(families: list[str], count: int, rng: np.random.Generator) -> list[str]:
@@ -190,34 +247,47 @@ def _family_order(families: list[str], count: int, rng: np.random.Generator) -> 
     return [names[k] for k in rng.permutation(count)]
 
 
+def _uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+
+
 def _write(spec: OfflineSpec, out: Path, progress: bool) -> None:
-    """Generate every split of ``spec`` into ``out``."""
+    """Generate every split of ``spec`` into ``out``, with its ``videos.json``."""
     severity = spec.resolved()["severity"]
-    images = _load_pool(spec.sources)
+    images = load_pool(spec.sources)
     rng = np.random.default_rng(spec.seed)
-    per_source = _tiles(images, len(POOLS[spec.sources]), rng)
-    counts = {(split, label): n for split, n in spec.videos.items() for label in ("real", "fake")}
-    slots = _interleave(counts)
-    tiles = _round_robin(per_source, len(slots))
+    slots = _interleave(spec.videos)
+    tiles = _round_robin(_tiles(images, rng), len(slots))
     families = {split: iter(_family_order(spec.families, n, rng)) for split, n in spec.videos.items()}
-    numbers = dict.fromkeys(counts, 0)
+    numbers = dict.fromkeys(spec.videos, 0)
+    manifest: dict[str, dict[str, Any]] = {}
     bar = tqdm(
-        total=len(slots) * spec.frames, desc=f"generating {out.name}", unit="img", disable=None if progress else True
+        total=2 * len(slots) * spec.frames,
+        desc=f"generating {out.name}",
+        unit="img",
+        disable=None if progress else True,
     )
-    for index, (slot, tile) in enumerate(zip(slots, tiles, strict=True)):
-        split, label = slot
-        video = f"{split}-{label}-{numbers[slot]:04d}"
-        numbers[slot] += 1
-        video_rng = np.random.default_rng([spec.seed, index])
-        crops = _crop(images[tile.source], tile, spec.size, spec.frames, video_rng)
-        family = None if label == "real" else next(families[split])
-        folder = out / split / label / (family or "") / video
+    for index, (split, tile) in enumerate(zip(slots, tiles, strict=True)):
+        number, family = numbers[split], next(families[split])
+        numbers[split] += 1
+        real = f"{split}/real/{split}-real-{number:04d}"
+        fake = f"{split}/fake/{family}/{split}-fake-{number:04d}"
+        box = {"source": tile.source, "tile": [tile.y, tile.x, tile.side]}
+        manifest[real] = {**box, "label": 0, "family": None, "twin": fake}
+        manifest[fake] = {**box, "label": 1, "family": family, "twin": real}
+        crops = _crop(images[tile.source], tile, spec.size, spec.frames, np.random.default_rng([spec.seed, index]))
         for frame, crop in enumerate(crops):
-            if family is not None:
-                crop = FAMILIES[family](crop, np.random.default_rng([spec.seed, index, frame, 1]), severity[family])
-            _save(crop, folder / f"{frame:02d}.png")
-        bar.update(spec.frames)
+            forged = FAMILIES[family](crop, np.random.default_rng([spec.seed, index, frame, 1]), severity[family])
+            for folder, pixels in ((real, crop), (fake, forged)):
+                image = _uint8(pixels)
+                if spec.degrade:  # the same draw for both twins
+                    image = degrade(image, np.random.default_rng([spec.seed, index, frame, 2]))
+                path = out / folder / f"{frame:02d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(path)
+            bar.update(2)
     bar.close()
+    (out / "videos.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def generate(spec: OfflineSpec, out: Path, progress: bool = True) -> Path:
@@ -229,7 +299,7 @@ def generate(spec: OfflineSpec, out: Path, progress: bool = True) -> Path:
     Args:
         spec: what to generate.
         out: destination folder.
-        progress: show a progress bar (on a terminal).
+        progress: show a progress bar.
 
     Returns:
         ``out``.

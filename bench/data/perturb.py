@@ -4,6 +4,7 @@ Levels follow DeeperForensics-1.0's distortions, which DeepfakeBench and most ro
 blur kernels 7-21 px (sigma = kernel / 6) and white-noise variances 0.001-0.05 (intensities in [0, 1]). Its
 "JPEG" is in fact pixelation (down- and up-sampling by 2-6); that is ``resize`` here, and ``jpeg`` is a real JPEG
 round trip at qualities 90-10. Every perturbation is deterministic: noise is seeded by the image's own bytes.
+:func:`degrade` chains milder ones, with drawn parameters, for the offline benchmark's degradation-shift card.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ ImageT = TypeVar("ImageT", Image.Image, np.ndarray)
 _SPEC = re.compile(r"^(?P<kind>[a-z]+)(?::(?P<first>\d+)(?:\.\.(?P<last>\d+))?)?$")
 
 
-def _apply(image: Image.Image, kind: str, value: float) -> Image.Image:
+def _apply(image: Image.Image, kind: str, value: float, rng: np.random.Generator | None = None) -> Image.Image:
+    """One perturbation at a raw value (quality, kernel, variance or factor); noise is drawn from ``rng`` when given,
+    else seeded by the image's bytes."""
     if kind == "jpeg":
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=int(value))
@@ -38,11 +41,35 @@ def _apply(image: Image.Image, kind: str, value: float) -> Image.Image:
         return image.filter(ImageFilter.GaussianBlur(radius=value / 6))
     if kind == "noise":
         array = np.asarray(image, dtype=np.float32) / 255
-        rng = np.random.default_rng(zlib.crc32(array.tobytes()))
+        rng = rng or np.random.default_rng(zlib.crc32(array.tobytes()))
         noisy = array + rng.normal(0.0, np.sqrt(value), array.shape).astype(np.float32)
         return Image.fromarray((np.clip(noisy, 0, 1) * 255).round().astype(np.uint8))
     small = (max(1, round(image.width / value)), max(1, round(image.height / value)))
     return image.resize(small, Image.Resampling.BILINEAR).resize(image.size, Image.Resampling.BILINEAR)
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Whole-frame post-processing as distributed videos get it (DFDC-like), drawn from ``rng``.
+
+    With probability 0.5 a down-and-up resize by a factor in 1.25-2; then one of a mild blur (kernel 3-6 px), mild
+    noise (variance 2e-4 to 1e-3) or nothing, each with probability 1/3; last a JPEG round trip at quality 50-90.
+
+    Args:
+        image: an ``HxWx3`` uint8 array.
+        rng: the generator; the same state gives the same chain and parameters.
+
+    Returns:
+        The processed uint8 array, same size.
+    """
+    pil = Image.fromarray(image)
+    if rng.uniform() < 0.5:
+        pil = _apply(pil, "resize", rng.uniform(1.25, 2.0))
+    kind = int(rng.integers(3))
+    if kind == 0:
+        pil = _apply(pil, "blur", rng.uniform(3.0, 6.0))
+    elif kind == 1:  # drawn from rng, not seeded by the pixels: twins get the same noise
+        pil = _apply(pil, "noise", rng.uniform(2e-4, 1e-3), rng)
+    return np.asarray(_apply(pil, "jpeg", int(rng.integers(50, 91))))
 
 
 def perturb(image: ImageT, kind: str, level: int) -> ImageT:
