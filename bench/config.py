@@ -239,6 +239,8 @@ class RunConfig:
             d.pop(section)
         d["data"].pop("workers")
         d["data"].pop("max_bad_fraction")
+        if d["data"]["offline_seed"] is None:  # the cards' own draw: the ids of configs that predate the key
+            d["data"].pop("offline_seed")
         d["train"].pop("log_every")
         d["train"].pop("compile")
         d["train"].pop("checkpoint_every")

@@ -97,9 +97,10 @@ def test_bad_tune_keys_are_one_line_errors_naming_file_and_key(
     assert "\n" not in str(err.value)
 
 
-def test_run_cell_tags_the_run_with_its_tune_value(tiny_cards, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("bench.runner.train", lambda cfg, folder, log=None: {"auc/x": 0.9})
-    (cell,) = expand(_spec(tiny_cards, tmp_path, tune={"optim.lr": [1.0e-3]}))
+def test_run_cell_tags_the_run_with_its_tune_value(tiny_cards, tmp_path: Path) -> None:
+    spec = _spec(tiny_cards, tmp_path, tune={"optim.lr": [1.0e-3]})
+    spec.base |= {"train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8}, "eval": {"bootstrap": 0}}
+    (cell,) = expand(spec)
     assert run_cell(cell, "tuned").status == "FINISHED"
     run = runs_by_hash(cell.config.tracking.uri, "tuned")[cell.run_id]
     assert run.data.tags["tune"] == "optim.lr=0.001" and run.data.tags["label"] == "full-ft"

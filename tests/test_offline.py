@@ -218,3 +218,5 @@ def test_offline_seed_draws_the_cards_again_in_their_own_folder(tmp_path: Path) 
         return [Path(f.path).read_bytes() for f in splits.train]
 
     assert frames(1) != frames(2) and frames(1) == frames(1)
+    ids = {build_config({"data": {"offline_seed": seed}}).run_id() for seed in (None, 1, 2)}
+    assert len(ids) == 3
