@@ -148,6 +148,13 @@ def data_config(model: nn.Module, cfg: ModelConfig) -> dict[str, Any]:
     return data
 
 
+def memory_format(model: nn.Module) -> torch.memory_format:
+    """``channels_last`` for convolutional networks (more than one Conv2d; a ViT has one, its patch embedding), where
+    it speeds up training and evaluation on CPUs and GPUs alike; the default layout otherwise."""
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    return torch.channels_last if convs > 1 else torch.contiguous_format
+
+
 def compile_backbone(model: nn.Module, mode: str) -> None:
     """``torch.compile`` the backbone in place (parameter names and checkpoints stay as they are).
 

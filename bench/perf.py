@@ -132,7 +132,7 @@ class Settings:
         repeats: interleaved rounds over the rows.
         img_size: input size; ``None`` is the model's own.
         compile: ``off``, ``blocks`` or ``model`` (:func:`bench.backbone.compile_backbone`).
-        channels_last: ``auto`` (on CUDA for convolutional backbones), ``on`` or ``off``.
+        channels_last: ``auto`` (as the loop: for convolutional backbones), ``on`` or ``off``.
         peak_tflops: the device's peak rate for MFU; ``None`` is :data:`CUDA_PEAK_TFLOPS` on CUDA, no MFU on CPU.
         card: training card read by the loader measurement.
         data_root: where the card's data lives.
@@ -394,13 +394,14 @@ def profile_steps(
 
 
 def _memory_format(s: Settings, model: Adapter) -> torch.memory_format:
-    """``channels_last`` when asked, or by default on CUDA for convolutional backbones (a ViT has one conv)."""
+    """``channels_last`` when asked, or by default as the loop chooses (:func:`bench.backbone.memory_format`)."""
     import torch
 
-    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    if s.channels_last == "on" or (s.channels_last == "auto" and s.device == "cuda" and convs > 1):
-        return torch.channels_last
-    return torch.contiguous_format
+    from bench.backbone import memory_format
+
+    if s.channels_last == "auto":
+        return memory_format(model)
+    return torch.channels_last if s.channels_last == "on" else torch.contiguous_format
 
 
 def _prepare(model: Adapter, memory_format: torch.memory_format, compile: str) -> Adapter:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bench import checkpoint, distributed
 from bench.adapter import Adapter
-from bench.backbone import compile_backbone, create_backbone, data_config
+from bench.backbone import compile_backbone, create_backbone, data_config, memory_format
 from bench.config import OptimConfig, RunConfig
 from bench.data.cards import load_card
 from bench.data.catalog import redrawn, split_frames
@@ -232,7 +232,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     torch.manual_seed(cfg.train.seed)
     splits = load_splits(cfg)
     model, data = build_model(cfg, splits.methods)
-    model.to(device)
+    model.to(device, memory_format=memory_format(model))  # speed only: the same run id either way
     compile_backbone(model.backbone, cfg.train.compile)
 
     size, mean, std = data["input_size"][-1], data["mean"], data["std"]
