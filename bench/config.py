@@ -359,6 +359,11 @@ def parse_set(assignment: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    return nested(keys, value)
+
+
+def nested(keys: list[str], value: Any) -> dict[str, Any]:
+    """``(["optim", "lr"], 0.001)`` -> ``{"optim": {"lr": 0.001}}``."""
     out: dict[str, Any] = {keys[-1]: value}
     for key in reversed(keys[:-1]):
         out = {key: out}

@@ -35,6 +35,7 @@ from bench.config import (
     build_config,
     build_dataclass,
     merge,
+    nested,
     parse_set,
     read_yaml,
 )
@@ -111,13 +112,6 @@ def _tune_text(value: Any) -> str:
     return str(value)
 
 
-def _nested(key: str, value: Any) -> dict[str, Any]:
-    """``("optim.lr", 0.001)`` -> ``{"optim": {"lr": 0.001}}``."""
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
-
-
 def tune_choices(tune: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
     """Every combination of the tune axis as ``(text, overrides)``: text like ``optim.lr=0.001`` (keys sorted,
     joined by ``, ``); one empty choice without a tune axis."""
@@ -127,7 +121,7 @@ def tune_choices(tune: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]
         pairs = list(zip(keys, values, strict=True))
         changes: dict[str, Any] = {}
         for key, value in pairs:
-            changes = merge(changes, _nested(key, value))
+            changes = merge(changes, nested(key.split("."), value))
         choices.append((", ".join(f"{k}={_tune_text(v)}" for k, v in pairs), changes))
     return choices
 

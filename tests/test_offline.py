@@ -83,6 +83,13 @@ def test_splits_share_no_tile_and_no_face(manifest: dict[str, dict]) -> None:
             assert not a.overlaps(b), f"{split_a} and {split_b} share {a.source}"
 
 
+def test_tiles_overlap_when_they_share_a_pixel_of_one_source() -> None:
+    tile = Tile("a", 0.0, 0.0, 64.0)
+    assert tile.overlaps(Tile("a", 63.0, 63.0, 100.0)) and not tile.overlaps(Tile("b", 0.0, 0.0, 64.0))
+    assert not tile.overlaps(Tile("a", 0.0, 64.0, 64.0))  # edge to edge
+    assert not Tile("a", 0.0, 0.0, 10.0).overlaps(Tile("a", 20.0, 20.0, 100.0))
+
+
 def test_crops_stay_inside_their_tile() -> None:
     image = Image.fromarray(np.zeros((300, 300, 3), np.uint8))
     tile = Tile("x", 64.0, 128.0, 64.0)

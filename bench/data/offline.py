@@ -152,15 +152,17 @@ class Tile:
         """Whether the two tiles share any pixel of the same source."""
         return (
             self.source == other.source
-            and abs(self.y - other.y) < (self.side + other.side) / 2
-            and abs(self.x - other.x) < (self.side + other.side) / 2
+            and self.y < other.y + other.side
+            and other.y < self.y + self.side
+            and self.x < other.x + other.side
+            and other.x < self.x + self.side
         )
 
 
 def _rgb(image: np.ndarray) -> Image.Image:
     """A uint8 RGB PIL image from a grey or colour, uint8, bool or float array."""
     if image.dtype != np.uint8:
-        image = np.round(np.clip(image.astype(np.float64), 0.0, 1.0) * 255).astype(np.uint8)
+        image = _uint8(image.astype(np.float64))
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     return Image.fromarray(image[..., :3])
