@@ -64,7 +64,8 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
         run.finish(FAILED, reason)
         log.error("cell %s failed: %s", cell.name, reason)
         return Outcome(cell.name, FAILED, reason)
-    run.log_metrics(metrics)
+    # at the last step, after the validation curve: MLflow's latest val/* is then the selected checkpoint's
+    run.log_metrics(metrics, step=int(metrics["train/steps"]))
     run.log_artifacts(folder)
     run.finish(FINISHED)
     return Outcome(cell.name, FINISHED)

@@ -338,6 +338,7 @@ def _final_tests(
             results.update({f"robust/{kind}/{level}/{k}/{name}": metrics[k] for k in ROBUST_METRICS if k in metrics})
     results.update({f"val/{k}": v for k, v in best["metrics"].items()})
     results["val/selected_step"] = best["step"]
+    results["train/steps"] = step
     if main:
         results.update({f"diag/{k}": v for k, v in model.diagnostics(run_dir / "diagnostics").items()})
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))

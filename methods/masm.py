@@ -61,7 +61,9 @@ class MASMOptions:
         targets: a preset (``attn``, ``mlp``, ``all``, ``effnet``), a regex over module names, or ``auto``
             (``attn`` for ViTs, ``effnet`` for EfficientNets).
         split_qkv: decompose the q, k and v blocks of a fused qkv projection separately.
-        routing: ``method`` (subspace k learns from reals + method-k fakes) or ``none``.
+        routing: ``method`` (subspace k learns from reals + method-k fakes), ``balanced`` (the same, each real's
+            gradient shared equally by the K subspaces, so each learns from reals and fakes in the batch's proportion
+            rather than K times more from reals) or ``none``.
         mask: ``state``, ``gradsnr``, ``random`` or ``none``.
         mask_every: optimizer steps between mask refreshes.
         rho_max: largest fraction of layers frozen for a subspace (``state``, ``random``).
@@ -82,7 +84,7 @@ class MASMOptions:
     r: int = 1
     targets: str = "auto"
     split_qkv: bool = True
-    routing: str = "method"
+    routing: str = "balanced"  # chosen on validation over method (grids/tune-routing.yaml)
     mask: str = "state"
     mask_every: int = 20
     rho_max: float = 0.5
@@ -98,7 +100,7 @@ class MASMOptions:
 
     def __post_init__(self) -> None:
         choices = {
-            "routing": ("method", "none"),
+            "routing": ("method", "balanced", "none"),
             "mask": ("state", "gradsnr", "random", "none"),
             "orth": ("masm", "effort", "none"),
             "spectral": ("tail", "energy", "none"),
@@ -112,9 +114,9 @@ class MASMOptions:
         """Fill ``K`` from the training card and check that routing has a subspace per forgery method."""
         if self.K is None:
             self.K = len(forgery_methods) or DEFAULT_K
-        if self.routing == "method" and len(forgery_methods) != self.K:
+        if self.routing != "none" and len(forgery_methods) != self.K:
             raise ConfigError(
-                f"method.options.K={self.K} but routing: method needs one subspace per training forgery method "
+                f"method.options.K={self.K} but routing: {self.routing} needs one subspace per training forgery method "
                 f"({len(forgery_methods)}: {', '.join(forgery_methods)}); set K to that or routing: none"
             )
 
@@ -150,12 +152,14 @@ class MASM(Adapter):
         self.register_buffer("active", torch.zeros(self.K, dtype=torch.bool), persistent=False)  # routed since step
 
     def route(self, methods: Tensor) -> Tensor | None:
-        """(N, K) routing: a real reaches every subspace, a fake of method j only subspace j."""
+        """(N, K) routing weights: a fake of method j reaches subspace j alone, a real every subspace (with weight
+        1, or 1/K under ``balanced``)."""
         if self.options.routing == "none":
             return None
         fake = (methods >= 0) & (methods < self.K)
         onehot = methods[:, None] == torch.arange(self.K, device=methods.device)  # not F.one_hot: it syncs on CUDA
-        return (onehot | ~fake[:, None]).float()
+        real = 1 / self.K if self.options.routing == "balanced" else 1.0
+        return torch.where(fake[:, None], onehot.float(), real)
 
     def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         route = self.route(methods)

@@ -181,13 +181,13 @@ class SubspaceLayer(nn.Module):
     - low rank (default): ``x W_sem^T + ((x V_A) * s_A) U_A^T + b`` without a dense weight gradient. Linears run
       :class:`LowRankLinear`; convolutions add a low-rank branch to the frozen ``W_sem`` convolution.
 
-    Routing: when ``route`` is an (N, K) 0/1 tensor, subspace k's factors get gradient only from samples n with
-    ``route[n, k] == 1``; the output and the gradient with respect to the input stay exact. Linears mask the
-    samples in :class:`LowRankLinear`'s factor gradients; convolutions run live factors for the routed samples beside
-    detached factors for the others, as one branch of twice the rank. ``route`` applies to every forward while set
-    (see :func:`routing`) and is ignored without autograd. ``shared``, when set (see :func:`shared_factors`), holds
-    this step's factors and their compute copies as slices of a :class:`FactorStack` and takes the place of
-    :meth:`factors`.
+    Routing: when ``route`` is an (N, K) tensor of weights in [0, 1], subspace k's factors get sample n's gradient
+    scaled by ``route[n, k]`` (0: none of it); the output and the gradient with respect to the input stay exact.
+    Linears weight the samples in :class:`LowRankLinear`'s factor gradients; convolutions run live factors scaled by
+    the route beside detached factors scaled by its complement, as one branch of twice the rank. ``route`` applies to
+    every forward while set (see :func:`routing`) and is ignored without autograd. ``shared``, when set (see
+    :func:`shared_factors`), holds this step's factors and their compute copies as slices of a :class:`FactorStack`
+    and takes the place of :meth:`factors`.
 
     ``base_layer.weight`` holds ``W_sem`` after injection (frozen, in ``state_dict``). Frozen, non-persistent buffers
     (rebuilt from the SVD, never in ``state_dict``): ``sigma_tail`` (B, K*r), the tail factors at injection
@@ -337,7 +337,7 @@ class SubspaceLayer(nn.Module):
             copies = shared.copies if shared is not None else None
             return LowRankLinear.apply(x, self.semantic_weight(), bias, *factors, keep, copies)
         u, s, v = (f[0] for f in factors)  # a convolution has one block
-        if keep is not None:  # live factors for the routed samples beside detached ones for the others
+        if keep is not None:  # live factors weighted by the route beside detached ones weighted by the rest
             u, v = torch.cat([u, u.detach()], -1), torch.cat([v, v.detach()], -1)
             s = torch.cat([s * keep, s.detach() * (1 - keep)], -1)  # (N, 2c)
         low_rank = self._op(x, v.mT, None) * s[..., None, None]
@@ -355,7 +355,7 @@ class SubspaceLayer(nn.Module):
         return base._conv_forward(x, kernel, bias)
 
     def _route_mask(self, route: Tensor, x: Tensor) -> Tensor:
-        """``route`` (N, K) as an (N, K*r) 0/1 mask over the low-rank columns of every block."""
+        """``route`` (N, K) as (N, K*r) weights over the low-rank columns of every block."""
         if route.shape != (x.shape[0], self.K):
             raise ValueError(f"route has shape {tuple(route.shape)}; expected (batch, K) = ({x.shape[0]}, {self.K})")
         route = route.to(x.device)  # in the dtype routing() gave it
@@ -401,10 +401,10 @@ class LowRankLinear(torch.autograd.Function):
     ``W_sem[b] + U_b diag(s_b) V_b^T``. Forward and input gradient use ``W_eff`` (one matmul each, as a frozen layer
     costs); the factors get ``dU_b = g_b^T (x V_b) diag(s_b)``, ``dV_b = x^T (g_b U_b) diag(s_b)`` and
     ``ds_b = sum (g_b U_b) * (x V_b)``, ``g_b`` the output gradient's columns of block b. ``keep`` (N, c) or None
-    limits the factors' gradients of column j (in every block) to the samples n with ``keep[n, j] == 1`` (routing);
-    the output and the input gradient stay exact. ``copies`` are :func:`compute_copies` of the factors (made here
-    when None); the products run on them. ``W_eff`` is saved for the backward where it is in a lower precision than
-    ``w_sem`` (autocast) and rebuilt there otherwise.
+    weights sample n's share of the factors' gradients of column j (in every block) by ``keep[n, j]`` (routing; 0
+    leaves the sample out); the output and the input gradient stay exact. ``copies`` are :func:`compute_copies` of
+    the factors (made here when None); the products run on them. ``W_eff`` is saved for the backward where it is in
+    a lower precision than ``w_sem`` (autocast) and rebuilt there otherwise.
     """
 
     @staticmethod
@@ -455,15 +455,17 @@ class LowRankLinear(torch.autograd.Function):
         g_blocks = g.view(-1, blocks, rows).transpose(0, 1)  # (B, N*T, out/B), a view
         up = torch.bmm(u.mT, g_blocks.mT)  # (B, c, N*T): column-major products run faster on CPU BLAS
         down = torch.mm(vt.view(-1, vt.shape[-1]), flat.mT).view(blocks, c, -1)
+        kept_up, kept_down = up, down
         if keep is not None:  # columns of sample n: n*T ... (n+1)*T - 1
             cols = keep.to(up.dtype).mT[:, :, None]  # (c, N, 1)
-            up = (up.view(blocks, c, len(keep), -1) * cols).view(blocks, c, -1)
-            down = (down.view(blocks, c, len(keep), -1) * cols).view(blocks, c, -1)
+            kept_up = (up.view(blocks, c, len(keep), -1) * cols).view(blocks, c, -1)
+            kept_down = (down.view(blocks, c, len(keep), -1) * cols).view(blocks, c, -1)
         s_cols = s[:, None]
-        du = torch.bmm(down, g_blocks).mT * s_cols if needs[3] else None
-        # keep is 0/1: masking both factors masks their product once; one batched dot product per column
-        ds = torch.bmm(up.view(-1, 1, len(flat)), down.view(-1, len(flat), 1)).view(blocks, c) if needs[4] else None
-        dv = torch.mm(up.view(-1, len(flat)), flat).view(blocks, c, -1).mT * s_cols if needs[5] else None
+        du = torch.bmm(kept_down, g_blocks).mT * s_cols if needs[3] else None
+        # one weighted factor weights the product once; one batched dot product per column
+        rows_x = len(flat)
+        ds = torch.bmm(kept_up.view(-1, 1, rows_x), down.view(-1, rows_x, 1)).view(blocks, c) if needs[4] else None
+        dv = torch.mm(kept_up.view(-1, rows_x), flat).view(blocks, c, -1).mT * s_cols if needs[5] else None
         return dx, dw, db, du, ds, dv, None, None
 
 

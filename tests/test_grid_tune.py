@@ -105,3 +105,27 @@ def test_run_cell_tags_the_run_with_its_tune_value(tiny_cards, tmp_path: Path) -
     run = runs_by_hash(cell.config.tracking.uri, "tuned")[cell.run_id]
     assert run.data.tags["tune"] == "optim.lr=0.001" and run.data.tags["label"] == "full-ft"
     assert run.data.tags["mlflow.runName"] == "full-ft [optim.lr=0.001] seed=0"
+
+
+def test_the_tracked_val_metrics_are_the_selected_checkpoints_not_the_last_epochs(tiny_cards, tmp_path: Path) -> None:
+    """The report tunes on MLflow's ``val/auc``: it must be the selected checkpoint's even where a later epoch's
+    validation (logged on the curve) was worse."""
+    from mlflow.tracking import MlflowClient
+
+    spec = _spec(tiny_cards, tmp_path, methods=["linear-probe"])
+    spec.base |= {
+        "optim": {"lr": 1.0e-1, "warmup_steps": 0},
+        "train": {"epochs": 4, "steps_per_epoch": 1, "batch_size": 8},
+        "eval": {"bootstrap": 0},
+    }
+    (cell,) = expand(spec)
+    assert run_cell(cell, "selected").status == "FINISHED"
+    run = runs_by_hash(cell.config.tracking.uri, "selected")[cell.run_id]
+    curve: dict[int, float] = {}
+    for point in sorted(
+        MlflowClient(cell.config.tracking.uri).get_metric_history(run.info.run_id, "val/auc"), key=lambda m: m.timestamp
+    ):
+        curve.setdefault(point.step, point.value)  # each epoch's validation, before the final results
+    selected = int(run.data.metrics["val/selected_step"])
+    assert selected < 4 and curve[4] < curve[selected]  # the plant: the last epoch is not the best
+    assert run.data.metrics["val/auc"] == max(curve.values()) == curve[selected]

@@ -51,9 +51,11 @@ def test_routing_moves_only_the_subspace_of_the_batch_method() -> None:
 
 
 def test_reals_reach_every_subspace_and_no_routing_mixes() -> None:
-    routed = _model(mask="none").route(torch.tensor([-1, 0, 3]))
+    routed = _model(routing="method", mask="none").route(torch.tensor([-1, 0, 3]))
     assert routed.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 1]]
     assert _model(routing="none", mask="none").route(torch.tensor([0])) is None
+    balanced = _model(routing="balanced", mask="none").route(torch.tensor([-1, 2]))
+    assert balanced.tolist() == [[0.25] * 4, [0, 0, 1, 0]]
 
 
 def test_masked_factors_and_their_moments_do_not_move() -> None:

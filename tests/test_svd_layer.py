@@ -293,6 +293,36 @@ def test_routing_confines_subspace_gradients_and_keeps_input_gradient(case: str)
     assert all(layer.route is None for _, layer in subspace_layers(model))
 
 
+@pytest.mark.parametrize("case", ["vit", "conv"])
+def test_fractional_routing_weights_each_samples_gradient(case: str) -> None:
+    """A route weight w scales that sample's share of the subspace's gradient by w (``balanced`` routing)."""
+    if case == "vit":
+        model = vit(F64)
+        x = images(model, n=4)
+        inject(model, "all", K=2, r=1)
+    else:
+        torch.manual_seed(0)
+        model, x = ConvNet().to(F64), torch.randn(4, 4, 11, 11, dtype=F64)
+        inject(model, "a|b", K=2, r=1)
+    model.requires_grad_(False)
+    for _, layer in subspace_layers(model):
+        layer.requires_grad_(True)
+        layer.base_layer.requires_grad_(False)
+    perturb(model)
+    weights = torch.tensor([0.25, 1.0, 0.0, 0.5], dtype=F64)
+    route = torch.stack([weights, torch.ones(4, dtype=F64)], 1)
+    routed_run(model, x, route)
+    got = [g.clone() for g in subspace_grads(model, 0) if g is not None]
+
+    model.zero_grad()
+    labels = torch.arange(len(x)) % 2
+    (F.cross_entropy(model(x), labels, reduction="none") * weights).mean().backward()  # the weighted loss, unrouted
+    want = [g for g in subspace_grads(model, 0) if g is not None]
+    assert len(got) == len(want) == 3 * len(list(subspace_layers(model)))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-14)
+
+
 def test_merge_unmerge_round_trip() -> None:
     model = vit(F64)
     inject(model, "all", K=2, r=2)
