@@ -535,7 +535,8 @@ def ablation_pvalues(scores: ScoreFiles, reference: str = REFERENCE) -> pd.DataF
 def ablation_table(
     long: pd.DataFrame, pvalues: pd.DataFrame, reference: str = REFERENCE, activity: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """AUC of the reference and its ablations (selected checkpoint) with the change against the reference.
+    """Video AUC of the reference and its ablations (selected checkpoint) with the change against the reference:
+    the AUC that the DeLong tests of :func:`ablation_pvalues` compare.
 
     Args:
         long: the output of :func:`collect`.
@@ -549,7 +550,7 @@ def ablation_table(
         ``avg``, the reference and untested cells), ``significant`` (``p < ALPHA``) and the ``activity`` columns.
     """
     labels = ablation_labels(long["label"].unique(), reference)
-    stats = cross_dataset_table(long[long["label"].isin(labels)])
+    stats = cross_dataset_table(long[long["label"].isin(labels)], metric="video_auc")
     columns = list(dict.fromkeys(stats.columns.get_level_values(0)))
     tidy = stats.stack(level=0)[list(STATS)]
     tidy = tidy.reindex(pd.MultiIndex.from_product([labels, columns], names=["label", "column"])).reset_index()
@@ -716,7 +717,7 @@ def _ablation_section(long: pd.DataFrame, index: pd.DataFrame, scores: ScoreFile
     activity = ", ".join(f"`{header}` ({name})" for name, header in ACTIVITY if name in tidy)
     return [
         "",
-        f"## Ablations of `{REFERENCE}` (AUC, validation-selected checkpoint){_seeds_note(tidy['n'])}",
+        f"## Ablations of `{REFERENCE}` (video AUC, validation-selected checkpoint){_seeds_note(tidy['n'])}",
         "",
         f"Cells: mean ± std over seeds and, in brackets, the change of the mean against `{REFERENCE}`; `*` marks"
         f" p < {ALPHA}. p: DeLong's test of the two video AUCs (mean frame score per video: frames of one video are"

@@ -293,8 +293,9 @@ def paper_report(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) ->
     return out
 
 
-def _auc(label: str, card: str) -> list[float]:
-    return [binary_metrics(f["label"], f["score"])["auc"] for f in (_scores(label, s, card) for s in SEEDS)]
+def _auc(label: str, card: str, metric: str = "auc") -> list[float]:
+    frames = (_scores(label, s, card) for s in SEEDS)
+    return [binary_metrics(f["label"], f["score"], f["video"])[metric] for f in frames]
 
 
 def _stouffer_by_hand(card: str) -> float:
@@ -311,10 +312,10 @@ def test_ablation_table_changes_and_significance(paper_report: Path) -> None:
     table = pd.read_csv(paper_report / "ablation.csv").set_index(["label", "column"])
     assert list(dict.fromkeys(table.index.get_level_values(0))) == ["masm", "masm/no-mask"]
     for card in CARDS[1:]:
-        full, ablated = np.mean(_auc("masm", card)), np.mean(_auc("masm/no-mask", card))
+        full, ablated = (np.mean(_auc(label, card, "video_auc")) for label in ("masm", "masm/no-mask"))
         row = table.loc[("masm/no-mask", card)]
         assert row["mean"] == pytest.approx(ablated) and row["std"] == pytest.approx(
-            np.std(_auc("masm/no-mask", card), ddof=1)
+            np.std(_auc("masm/no-mask", card, "video_auc"), ddof=1)
         )
         assert row["delta"] == pytest.approx(ablated - full)
         assert row["p"] == pytest.approx(_stouffer_by_hand(card), rel=1e-9)
@@ -609,7 +610,7 @@ def test_ablation_states_the_detectable_difference_and_run_activity(paper_report
         cells.append("–" if math.isnan(expected) else f"{expected:.3f}")
     assert cells[-1] != "–"  # dfd: a finite difference, one ablation, so the median is its own
     section = _section(
-        (paper_report / "report.md").read_text(), "Ablations of `masm` (AUC, validation-selected checkpoint)"
+        (paper_report / "report.md").read_text(), "Ablations of `masm` (video AUC, validation-selected checkpoint)"
     )
     means = section.split("p-values")[0]
     assert f"| detectable at p<0.05 | {' | '.join(cells)} | – | – |  |  |" in means

@@ -260,21 +260,27 @@ class ConvNet(nn.Module):
         return self.head(self.b(torch.tanh(self.a(x))).mean((2, 3)))
 
 
-@pytest.mark.parametrize("case", ["vit", "conv"])
-def test_routing_confines_subspace_gradients_and_keeps_input_gradient(case: str) -> None:
+def routable(case: str, n: int, K: int) -> tuple[nn.Module, Tensor]:
+    """A ViT or a two-conv net with K rank-1 subspaces in every target, only the factors trainable, and n inputs."""
     if case == "vit":
         model = vit(F64)
-        x = images(model, n=6)
-        inject(model, "all", K=3, r=1)
+        x = images(model, n=n)
+        inject(model, "all", K=K, r=1)
     else:
         torch.manual_seed(0)
-        model, x = ConvNet().to(F64), torch.randn(6, 4, 11, 11, dtype=F64)
-        inject(model, "a|b", K=3, r=1)
+        model, x = ConvNet().to(F64), torch.randn(n, 4, 11, 11, dtype=F64)
+        inject(model, "a|b", K=K, r=1)
     model.requires_grad_(False)
     for _, layer in subspace_layers(model):
         layer.requires_grad_(True)
         layer.base_layer.requires_grad_(False)
     perturb(model)
+    return model, x
+
+
+@pytest.mark.parametrize("case", ["vit", "conv"])
+def test_routing_confines_subspace_gradients_and_keeps_input_gradient(case: str) -> None:
+    model, x = routable(case, n=6, K=3)
     plain_input_grad = routed_run(model, x, None)
 
     route = torch.zeros(6, 3)
@@ -296,19 +302,7 @@ def test_routing_confines_subspace_gradients_and_keeps_input_gradient(case: str)
 @pytest.mark.parametrize("case", ["vit", "conv"])
 def test_fractional_routing_weights_each_samples_gradient(case: str) -> None:
     """A route weight w scales that sample's share of the subspace's gradient by w (``balanced`` routing)."""
-    if case == "vit":
-        model = vit(F64)
-        x = images(model, n=4)
-        inject(model, "all", K=2, r=1)
-    else:
-        torch.manual_seed(0)
-        model, x = ConvNet().to(F64), torch.randn(4, 4, 11, 11, dtype=F64)
-        inject(model, "a|b", K=2, r=1)
-    model.requires_grad_(False)
-    for _, layer in subspace_layers(model):
-        layer.requires_grad_(True)
-        layer.base_layer.requires_grad_(False)
-    perturb(model)
+    model, x = routable(case, n=4, K=2)
     weights = torch.tensor([0.25, 1.0, 0.0, 0.5], dtype=F64)
     route = torch.stack([weights, torch.ones(4, dtype=F64)], 1)
     routed_run(model, x, route)
