@@ -1,24 +1,88 @@
-"""Atomic checkpoint files: written to a temporary name and renamed, so a crash never leaves a torn file."""
+"""Checkpoint files: written to a temporary name and renamed, so a crash never leaves a torn file, and loaded as
+tensors and plain values only, so a planted or downloaded checkpoint cannot run code."""
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read, phrased as one line naming the file."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint that holds objects other than tensors and plain values (unpickling it could run code)."""
+
+
+def previous(path: str | Path) -> Path:
+    """Where :func:`save_atomic` with ``keep_previous`` moves the file it replaces: ``last.pt`` -> ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_atomic(obj: Any, path: str | Path, keep_previous: bool = False) -> Path:
+    """``torch.save`` to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    A failed write removes its temporary file and leaves ``path`` as it was. With ``keep_previous``, the file that
+    ``path`` held moves to :func:`previous` first, for :func:`load_latest` to fall back to.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
+    try:
+        torch.save(obj, tmp)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left" in str(err):
+            raise CheckpointError(f"no space left on the device writing {path}; the previous file is kept") from None
+        reason = f"{type(err).__name__}: {err}"
+        raise CheckpointError(f"writing {path} failed ({reason}); the previous file is kept") from err
+    if keep_previous and path.exists():
+        os.replace(path, previous(path))
     os.replace(tmp, path)
     return path
 
 
 def load(path: str | Path) -> Any:
-    """Load a checkpoint written by :func:`save_atomic` on the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load a checkpoint on the CPU: tensors, numbers, strings and containers of them, nothing else."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = str(err).splitlines()[-1] if str(err) else type(err).__name__
+        raise UnsafeCheckpoint(
+            f"{path} holds objects other than tensors and plain values, refused (loading them could run code): "
+            f"{detail[:200]}"
+        ) from None
+    except (OSError, EOFError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err or 'empty'})") from None
+
+
+def load_latest(path: str | Path, warn: Any = print) -> Any | None:
+    """:func:`load` of ``path``, else of its :func:`previous` (``warn`` says why), else ``None`` (a fresh start).
+
+    An :class:`UnsafeCheckpoint` is raised, never skipped: it is a planted file, not an accident.
+    """
+    for candidate in (Path(path), previous(path)):
+        if not candidate.exists():
+            continue
+        try:
+            return load(candidate)
+        except UnsafeCheckpoint:
+            raise
+        except CheckpointError as err:
+            warn(f"{err}; falling back to the previous checkpoint or a fresh start")
+    return None
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of writers that died mid-write (call only as the folder's one owner)."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale

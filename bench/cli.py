@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_grid(args: argparse.Namespace) -> int:
     from bench.grid import expand, experiment_name, load_grid
     from bench.runner import check_inputs, finished
-    from bench.tracking import tracking_uri
+    from bench.tracking import check_reachable, tracking_uri
 
     name = args.grid_opt or args.grid_pos or "smoke"
     spec = load_grid(name)
@@ -84,6 +84,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     cells = expand(spec, sets, where=name)
     for cell in cells:
         check_inputs(cell.config)
+    check_reachable(tracking_uri(cells[0].config))
     experiment = experiment_name(spec, cells[0].config)
     done = finished(cells, experiment)
     if args.dry_run:
@@ -166,13 +167,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
     from bench.grid import Cell, resolve_config
     from bench.runner import check_inputs, run_cell
-    from bench.tracking import tracking_uri
+    from bench.tracking import check_reachable, tracking_uri
 
     if args.resume and args.config:
         raise ConfigError("give either a config file or --resume RUN_DIR, not both")
     source = Path(args.resume) / "config.yaml" if args.resume else args.config
     cfg = resolve_config(load_config(source, args.sets))
     check_inputs(cfg)
+    check_reachable(tracking_uri(cfg))
     cell = Cell(f"{cfg.method.name} seed={cfg.train.seed}", cfg.method.name, cfg.train.seed, cfg)
     outcome = run_cell(cell, cfg.tracking.experiment or args.experiment)
     if outcome.status != "FINISHED":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ class ModelConfig:
     pretrained: bool = True
     img_size: int | None = 112
     drop_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.img_size is not None:
+            _positive("model.img_size", self.img_size)
 
 
 @dataclass
@@ -85,6 +90,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
+        _positive("data.frames_per_video", self.frames_per_video)
+        _at_least("data.workers", self.workers, 0)
 
 
 @dataclass
@@ -103,8 +110,12 @@ class OptimConfig:
         check_choice("optim.schedule", self.schedule, ("constant", "cosine"))
         _positive("optim.lr", self.lr)
         _positive("optim.accumulate", self.accumulate)
-        if len(self.betas) != 2:
-            raise ConfigError(f"optim.betas must hold two numbers, got {self.betas}")
+        _at_least("optim.weight_decay", self.weight_decay, 0)
+        _at_least("optim.warmup_steps", self.warmup_steps, 0)
+        if self.grad_clip is not None:
+            _positive("optim.grad_clip", self.grad_clip)  # torch flips gradients for a negative max norm
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must hold two numbers in [0, 1), got {self.betas}")
 
 
 COMPILE_MODES = ("off", "blocks", "model")
@@ -145,6 +156,7 @@ class TrainConfig:
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.checkpoint_every", self.checkpoint_every)
+        _positive("train.log_every", self.log_every)
         if self.steps_per_epoch is not None:
             _positive("train.steps_per_epoch", self.steps_per_epoch)
 
@@ -168,6 +180,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_choice("eval.select_metric", self.select_metric, ("auc", "ap", "acc", "video_auc"))
+        _positive("eval.batch_size", self.batch_size)
+        _at_least("eval.bootstrap", self.bootstrap, 0)
         self.perturbation_levels()
 
     def perturbation_levels(self) -> list[tuple[str, int]]:
@@ -193,6 +207,10 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str | None = None
     runs_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        if self.experiment is not None:
+            check_name("tracking.experiment", self.experiment)
 
 
 @dataclass
@@ -267,8 +285,19 @@ def check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
 
 
 def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key} must be positive, got {value}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key} must be a positive number, got {value}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if not (math.isfinite(value) and value >= low):
+        raise ConfigError(f"{key} must be a number >= {low}, got {value}")
+
+
+def check_name(key: str, value: str) -> None:
+    """Names become folder and file names: refuse empty ones, path separators and ``..``."""
+    if not value or "/" in value or "\\" in value or ".." in value or value != value.strip():
+        raise ConfigError(f"{key} {value!r} is not a name: use letters, digits, '-', '_' and '.', without '/' or '..'")
 
 
 def _type_name(tp: Any) -> str:

@@ -34,6 +34,7 @@ from bench.config import (
     RunConfig,
     build_config,
     build_dataclass,
+    check_name,
     merge,
     nested,
     parse_set,
@@ -52,7 +53,7 @@ class GridSpec:
     name: str
     description: str = ""
     base: dict[str, Any] = field(default_factory=dict)
-    methods: list[str] = field(default_factory=list)
+    methods: list[str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     train: list[str] = field(default_factory=list)
     variants: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +61,11 @@ class GridSpec:
     tune: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_name("grid name", self.name)
+        if self.methods == []:  # absent: the base config's method
+            raise ConfigError(f"grid {self.name}: 'methods' is empty; list at least one (`bench methods` shows them)")
+        if not self.seeds:
+            raise ConfigError(f"grid {self.name}: 'seeds' is empty; give at least one, e.g. seeds: [0]")
         for key, values in self.tune.items():
             parts = key.split(".")
             if len(parts) < 2 or not all(parts):
@@ -129,13 +135,13 @@ def tune_choices(tune: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]
 def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = "grid") -> list[Cell]:
     """All cells of the grid: methods x variants x training cards x tune values x seeds, with ``--set`` applied
     last; the tune value goes into the cell name, not its label."""
-    unknown = sorted(set(spec.per_method) - set(spec.methods))
+    methods = spec.methods or [spec.base.get("method", {}).get("name", "full-ft")]
+    unknown = sorted(set(spec.per_method) - set(methods))
     if unknown:
         raise ConfigError(f"{where}: per_method names methods not in the grid: {', '.join(unknown)}")
     override: dict[str, Any] = {}
     for assignment in sets:
         override = merge(override, parse_set(assignment))
-    methods = spec.methods or [spec.base.get("method", {}).get("name", "full-ft")]
     variants: list[tuple[str, dict[str, Any]]] = list(spec.variants.items()) or [("", {})]
     trains = spec.train or [""]
     cells = []

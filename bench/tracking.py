@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, flatten
+from bench.config import ConfigError, RunConfig, flatten
+from bench.locks import locked
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 PACKAGES = ("torch", "torchvision", "timm", "mlflow", "numpy", "scikit-learn", "peft", "submitit")
@@ -29,18 +30,56 @@ def tracking_uri(cfg: RunConfig) -> str:
     return uri
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds, in one line, when an MLflow server URI has no server answering."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(
+            f"tracking.uri {uri}: no MLflow server answers ({reason}); start one (`mlflow server --port N`), or "
+            "unset tracking.uri and MLFLOW_TRACKING_URI for the embedded sqlite store"
+        ) from None
+
+
+_READY: set[str] = set()
+"""The sqlite stores this process has made sure exist."""
+
+
 def _client(uri: str) -> Any:
+    """An MLflow client; a sqlite store is first created under a lock beside it, by one process of many (MLflow's
+    table creation is not safe when several processes run it at once on a fresh file)."""
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        database = Path(uri.removeprefix("sqlite:///"))
+        with locked(database.with_name(f".{database.name}.lock")):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates or migrates the tables
+        _READY.add(uri)
     return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
+    """The id of experiment ``name``, created when absent (once, even when several processes ask at once)."""
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
+    if experiment is not None or not create:
+        return None if experiment is None else experiment.experiment_id
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    except MlflowException:  # another process created it in between
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_location(uri, name)) if create else None
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -35,6 +36,8 @@ from bench.registry import get_method
 
 LogFn = Callable[[dict[str, float], int], None]
 LAST, BEST = "last.pt", "best.pt"
+
+logger = logging.getLogger(__name__)
 ROBUST_METRICS = ("auc", "eer", "video_auc")
 
 
@@ -194,11 +197,11 @@ def _save_state(path: Path, model: Adapter, optimizer, scheduler, step: int, bes
             "history": history,
         },
         path,
+        keep_previous=True,
     )
 
 
-def _restore_state(path: Path, model: Adapter, optimizer, scheduler) -> tuple[int, dict, list]:
-    state = checkpoint.load(path)
+def _restore_state(state: dict, model: Adapter, optimizer, scheduler) -> tuple[int, dict, list]:
     model.load_checkpoint_state(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -245,8 +248,12 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     optimizer = build_optimizer(model, cfg.optim, device)
     scheduler = LambdaLR(optimizer, schedule(cfg.optim.schedule, cfg.optim.warmup_steps, total))
     step, best, history = 0, {"value": -math.inf, "step": 0}, []
-    if (run_dir / LAST).exists():
-        step, best, history = _restore_state(run_dir / LAST, model, optimizer, scheduler)
+    if rank == 0:
+        for stale in checkpoint.remove_stale_temporaries(run_dir):
+            logger.warning("removed %s, left by a writer that died mid-write", stale)
+    state = checkpoint.load_latest(run_dir / LAST, warn=logger.warning)
+    if state is not None:
+        step, best, history = _restore_state(state, model, optimizer, scheduler)
         log({"resume_step": float(step)}, step)
 
     evaluator = Evaluator(model, cfg, data, device)

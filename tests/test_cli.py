@@ -64,6 +64,10 @@ def test_dry_run_lists_cells(tmp_path: Path, tiny_cards, tracking_uri, capsys) -
         ({"base": {"optim": {"lrr": 1}}}, "unknown key 'optim.lrr'"),
         ({"base": {"train": {"epochs": "many"}}}, "'train.epochs' expects int"),
         ({"base": {"model": {"name": "test_vit", "weights": "/nonexistent/w.pth"}}}, "model.weights: no such file"),
+        ({"name": "../../x"}, "grid name '../../x' is not a name"),
+        ({"methods": []}, "'methods' is empty"),
+        ({"seeds": []}, "'seeds' is empty"),
+        ({"base": {"optim": {"grad_clip": -1}}}, "optim.grad_clip must be a positive number"),
     ],
 )
 def test_bad_input_is_one_line_and_records_nothing(
@@ -73,6 +77,16 @@ def test_bad_input_is_one_line_and_records_nothing(
     assert main(["grid", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1 and err.startswith("error:")
+    assert runs_by_hash(tracking_uri, tmp_path.name) == {}
+
+
+def test_a_card_whose_name_escapes_its_folder_is_refused(tmp_path: Path, tiny_cards, tracking_uri, capsys) -> None:
+    card = yaml.safe_load(Path(tiny_cards[1]).read_text()) | {"name": "../../../etc/evil"}
+    (tmp_path / "evil.yaml").write_text(yaml.safe_dump(card))
+    path = _grid(tmp_path, tiny_cards, tracking_uri)
+    assert main(["grid", str(path), "--set", f"data.test=[{tmp_path / 'evil.yaml'}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "card name '../../../etc/evil' is not a name" in err and len(err.splitlines()) == 1
     assert runs_by_hash(tracking_uri, tmp_path.name) == {}
 
 
@@ -111,3 +125,19 @@ def test_robustness_table_from_perturbed_tests(tmp_path: Path, tiny_cards, track
     assert {f"robust/{p}/auc/tiny-other" for p in ("jpeg/1", "blur/1", "blur/2")} <= set(run.data.metrics)
     table = (tmp_path / "results" / tmp_path.name / "robustness.csv").read_text()
     assert table.splitlines()[0].startswith("label,blur:1:mean") and "linear-probe" in table
+
+
+def test_a_tracking_uri_where_no_server_listens_fails_at_once_in_one_line(
+    tmp_path: Path, tiny_cards, capsys, monkeypatch
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    path = _grid(tmp_path, tiny_cards, f"http://127.0.0.1:{port}")
+    assert main(["grid", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"tracking.uri http://127.0.0.1:{port}: no MLflow server answers" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

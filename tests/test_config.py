@@ -61,3 +61,38 @@ def test_save_config_round_trips(tmp_path: Path) -> None:
     cfg = build_config({"optim": {"lr": 0.002}, "data": {"test": ["x"]}})
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "optim.grad_clip=-1",
+        "optim.weight_decay=-0.1",
+        "optim.lr=.nan",
+        "optim.lr=.inf",
+        "optim.betas=[0.9, 1.0]",
+        "optim.betas=[-0.1, 0.999]",
+        "optim.warmup_steps=-1",
+        "train.log_every=0",
+        "data.workers=-1",
+        "data.frames_per_video=0",
+        "model.img_size=0",
+        "eval.batch_size=0",
+        "eval.bootstrap=-1",
+        "tracking.experiment=../../x",
+    ],
+)
+def test_values_that_would_run_wrongly_are_refused_in_one_line(assignment: str) -> None:
+    key = assignment.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        load_config(None, [assignment])
+    assert "\n" not in str(err.value)
+
+
+def test_names_with_separators_or_dots_are_refused() -> None:
+    from bench.config import check_name
+
+    for bad in ("../../x", "a/b", "a\\b", "..", "", " x"):
+        with pytest.raises(ConfigError, match="is not a name"):
+            check_name("grid name", bad)
+    check_name("grid name", "offline-ff_v2.1")

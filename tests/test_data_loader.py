@@ -75,3 +75,18 @@ def test_loader_speed_counts_every_image(frames: list) -> None:
     assert speed.images == 60 and 0 < speed.first_batch_s < speed.seconds
     assert speed.images_per_s == pytest.approx(60 / speed.seconds)
     assert loader_speed(frames, 32, batch_size=10, workers=0, max_batches=2).images == 20
+
+
+def test_a_16_bit_greyscale_frame_is_scaled_not_clipped_to_white(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from bench.data.loader import to_rgb
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "wide.png")
+    with Image.open(tmp_path / "wide.png") as img:
+        assert img.mode == "I;16"
+        rgb = np.asarray(to_rgb(img))
+    assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], (ramp >> 8).astype(np.uint8))

@@ -153,7 +153,36 @@ def test_changed_spec_replaces_folder_atomically(tmp_path: Path) -> None:
     out = generate(OfflineSpec("test", ["jpeg"], {"test": 2}, frames=1, size=32), tmp_path / "c", progress=False)
     generate(OfflineSpec("test", ["jpeg"], {"test": 2}, frames=1, size=32, seed=1), out, progress=False)
     assert json.loads((out / "spec.json").read_text())["spec"]["seed"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", "c"]  # no partial folder left
+
+
+def test_concurrent_first_use_generates_once_and_completely(card: Path, tmp_path: Path) -> None:
+    """Four processes generating one card on a fresh root (the tasks of a Slurm array) give the complete set."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    workers = [spawn.Process(target=generate, args=(SPEC, tmp_path / "card", False)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0] * 4
+    assert _files(tmp_path / "card") == _files(card)
+    assert offline.verify(tmp_path / "card") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".card.lock", "card"]
+
+
+def test_a_truncated_or_altered_set_is_found_and_regenerated(card: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(card, tmp_path / "card"))
+    frame = next(iter(sorted((copy / "test").rglob("*.png"))))
+    frame.write_bytes(frame.read_bytes()[:-1])
+    assert "content hash differs" in offline.verify(copy)[0]
+    frame.unlink()
+    assert "files, but the generation wrote" in offline.verify(copy)[0]
+    generate(SPEC, copy, progress=False)  # incomplete: made again, the same bytes
+    assert _files(copy) == _files(card) and offline.verify(copy) == []
 
 
 def test_refuses_to_overwrite_foreign_folder(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, build_dataclass, read_yaml
+from bench.config import ConfigError, build_dataclass, check_name, read_yaml
 from bench.data.deepfakebench import COMPRESSIONS, resolve_labels
 
 CARDS_DIR = Path(__file__).resolve().parents[2] / "datasets"
@@ -54,6 +54,7 @@ class Card:
     prefix_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_name("card name", self.name)
         if self.format not in FORMATS:
             raise ConfigError(f"card {self.name}: format {self.format!r} is not one of {', '.join(FORMATS)}")
         if self.validation is not None and self.validation not in self.splits:

@@ -120,7 +120,12 @@ def check_card(card: Card, data_root: str | Path, frames_per_video: int, workers
 
     Problems: a split that cannot be listed or is empty, missing / zero-byte / unreadable frames, a split with one
     class only, a training split lacking a method of the card or holding one it does not list, and videos in more
-    than one split.
+    than one split; for a generated card, files that differ in number or content from what its generation wrote.
     """
     splits = [_check_split(card, name, data_root, frames_per_video, workers) for name in card.splits]
-    return CardCheck(card, splits, _problems(card, splits))
+    problems = _problems(card, splits)
+    if card.format == "offline":
+        from bench.data.offline import verify
+
+        problems += verify(card.location(data_root))
+    return CardCheck(card, splits, problems)

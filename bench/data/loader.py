@@ -29,6 +29,17 @@ Key = tuple[int, int]  # (frame index, augmentation seed; -1 = no augmentation)
 
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""Greyscale modes wider than 8 bits (16-bit PNGs): PIL's ``convert("RGB")`` clips them to white."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB of a frame; 16-bit greyscale is scaled to 8 bits, not clipped."""
+    if img.mode in WIDE_GREY:
+        wide = np.asarray(img).astype(np.uint32)
+        return Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
 
 class BadDataError(RuntimeError):
     """Too many frames of a split are unreadable for its results to mean anything."""
@@ -68,7 +79,7 @@ class FrameDataset(Dataset):
 
     def load(self, frame: Frame) -> torch.Tensor:
         with Image.open(frame.path) as img:
-            img = img.convert("RGB")
+            img = to_rgb(img)
             if self.perturbation is not None:
                 img = perturb(img, *self.perturbation)
             if img.size != (self.size, self.size):

@@ -10,12 +10,14 @@ post-processed as distributed videos are (:func:`bench.data.perturb.degrade`); a
 
 Layout: ``out/<split>/real/<split>-real-<n>/<frame>.png``, ``out/<split>/fake/<family>/<split>-fake-<n>/<frame>.png``
 (the fake of real ``n`` has the same ``n``), ``out/videos.json`` (per video: source image, tile, family, twin) and
-``out/spec.json``. The same spec always gives byte-identical files.
+``out/spec.json`` (the spec, the number of files and their hash). The same spec always gives byte-identical files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from bench.data.forgeries import DEFAULT_SEVERITY, FAMILIES
 from bench.data.perturb import degrade
+from bench.locks import locked
 
 GENERATOR_VERSION = 2
 TILE = 64
@@ -293,10 +296,12 @@ def _write(spec: OfflineSpec, out: Path, progress: bool) -> None:
 
 
 def generate(spec: OfflineSpec, out: Path, progress: bool = True) -> Path:
-    """Generate the data set of ``spec`` into ``out`` unless ``out/spec.json`` already records the same spec.
+    """Generate the data set of ``spec`` into ``out`` unless ``out`` already holds that generation, complete.
 
-    The data is written to a temporary sibling folder that is renamed into place at the end, so an interrupted run
-    never leaves a folder that looks complete.
+    Safe under concurrency (two launches, the tasks of a Slurm array): generation runs under a file lock beside
+    ``out`` and re-checks the marker once it holds it, into a temporary folder of its own process that is renamed
+    into place at the end, so neither an interrupted nor a concurrent run leaves a folder that looks complete. The
+    marker ``spec.json`` records the spec, the number of files and their content hash (:func:`verify`).
 
     Args:
         spec: what to generate.
@@ -308,17 +313,65 @@ def generate(spec: OfflineSpec, out: Path, progress: bool = True) -> Path:
     """
     out = Path(out)
     record = {"generator": GENERATOR_VERSION, "spec": spec.resolved()}
-    marker = out / "spec.json"
-    if marker.is_file() and json.loads(marker.read_text()) == record:
+    if _complete(out, record):
         return out
-    if out.exists() and not marker.is_file() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and was not made by the offline generator; remove it or pick another root")
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    _write(spec, partial, progress)
-    (partial / "spec.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with locked(out.with_name(f".{out.name}.lock")):
+        if _complete(out, record):  # made by another process while this one waited
+            return out
+        if out.exists() and not (out / MARKER).is_file() and any(out.iterdir()):
+            raise FileExistsError(
+                f"{out} exists and was not made by the offline generator; remove it or pick another root"
+            )
+        partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        _write(spec, partial, progress)
+        files, digest = contents(partial)
+        marker = {**record, "files": files, "sha256": digest}
+        (partial / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
     return out
+
+
+MARKER = "spec.json"
+"""The file that marks a generated folder complete, written last."""
+
+
+def contents(folder: Path) -> tuple[int, str]:
+    """The number of files under ``folder`` (the marker aside) and a SHA-256 over their relative paths and bytes."""
+    digest = hashlib.sha256()
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MARKER)
+    for path in paths:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return len(paths), digest.hexdigest()
+
+
+def _complete(out: Path, record: dict[str, Any]) -> bool:
+    """Whether ``out``'s marker records ``record`` and as many files as ``out`` holds (contents: :func:`verify`)."""
+    marker = out / MARKER
+    if not marker.is_file():
+        return False
+    written = json.loads(marker.read_text())
+    if {k: written.get(k) for k in record} != record or "files" not in written:
+        return False  # another spec, or a marker from before file counts were recorded
+    return sum(1 for p in out.rglob("*") if p.is_file()) - 1 == written["files"]
+
+
+def verify(out: Path) -> list[str]:
+    """Problems of a generated folder: no marker, or files that differ in number or content from what it records."""
+    marker = out / MARKER
+    if not marker.is_file():
+        return [f"{out}: no {MARKER}, so not a complete generation"]
+    written = json.loads(marker.read_text())
+    if "files" not in written:
+        return [f"{out}: {MARKER} records no file count or hash (an older generation); delete the folder to redo it"]
+    files, digest = contents(out)
+    if files != written["files"]:
+        return [f"{out}: {files} files, but the generation wrote {written['files']}; delete the folder to redo it"]
+    if digest != written["sha256"]:
+        return [f"{out}: files changed since generation (content hash differs); delete the folder to redo it"]
+    return []
