@@ -80,9 +80,10 @@ def load_latest(path: str | Path, warn: Any = print) -> Any | None:
     return None
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files of writers that died mid-write (call only as the folder's one owner)."""
-    stale = sorted(Path(folder).glob(".*.tmp"))
+def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files that writers of the checkpoints ``names`` left when they died mid-write (call
+    only as the folder's one owner)."""
+    stale = sorted(p for name in names for p in Path(folder).glob(f".{name}.*.tmp"))
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale

@@ -2,8 +2,9 @@
 
 A claim is a file ``claim.<n>`` in the run folder, created with ``O_EXCL``: of two launchers racing for the same
 generation ``n`` exactly one succeeds. A claim is released when its run ends (finished or failed); one whose
-owner is gone without releasing it (its process died, its Slurm job ended) is stale. Either way the next generation
-may be claimed.
+owner is gone without releasing it (its process died, its Slurm job ended) is stale, and so is one whose owner
+record is still empty or unreadable :data:`GRACE_S` after the file was made (a launcher killed between creating and
+writing it, or a full disk). Either way the next generation may be claimed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 Owner = dict[str, Any]
 PREFIX = "claim."
+GRACE_S = 60.0
+"""Seconds after which a claim whose owner record cannot be read is stale."""
 
 
 def _generations(folder: Path) -> list[int]:
@@ -41,7 +44,7 @@ def claim(folder: Path, owner: Owner, is_stale: Callable[[Owner], bool]) -> int 
     """Claim ``folder`` for ``owner``; returns the claim's generation, or ``None`` when a live owner holds it."""
     folder.mkdir(parents=True, exist_ok=True)
     held = current(folder)
-    if held is not None and not (held[1] and (held[1].get("released") or is_stale(held[1]))):
+    if held is not None and not free(folder, *held, is_stale):
         return None
     n = 0 if held is None else held[0] + 1
     try:
@@ -51,6 +54,16 @@ def claim(folder: Path, owner: Owner, is_stale: Callable[[Owner], bool]) -> int 
     with os.fdopen(fd, "w") as fh:
         json.dump(owner, fh)
     return n
+
+
+def free(folder: Path, n: int, owner: Owner, is_stale: Callable[[Owner], bool]) -> bool:
+    """Whether claim ``n`` of ``folder`` no longer holds it: released, stale, or unreadable past the grace period."""
+    if not owner:
+        try:
+            return time.time() - (folder / f"{PREFIX}{n}").stat().st_mtime > GRACE_S
+        except FileNotFoundError:
+            return True
+    return bool(owner.get("released")) or is_stale(owner)
 
 
 def update(path: Path, n: int, **fields: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (default: the grid's)")
     _add_sets(grid)
 
-    status = sub.add_parser("status", help="each cell's state: finished, failed, running, pending, not started")
+    status = sub.add_parser(
+        "status", help="each cell's state: finished, failed, running, pending, interrupted, not started"
+    )
     status.add_argument("grid", metavar="GRID")
     _add_sets(status)
 
@@ -262,18 +265,32 @@ COMMANDS = {
 }
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the command; its argument is the signal's name."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input gives one ``error:`` line and exit code 2, failed runs exit code 1."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from bench.backbone import BackboneError
 
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
         return handler(args)
     except (ConfigError, BackboneError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Stopped as err:
+        print(f"stopped by {err.args[0]}: run folders keep their last checkpoint; run again to resume", file=sys.stderr)
+        return 128 + signal.Signals[err.args[0]].value
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ run folder's last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,22 +97,27 @@ def submit(cells: list[Cell], experiment: str, grid: str, launch: LaunchConfig, 
 
 
 def cell_state(cell: Cell, tracked: object | None) -> tuple[str, str]:
-    """``(state, detail)`` of a cell from its MLflow run and its claim: finished, failed, running, pending or
-    not started (detail: the job id, or the reason of a failure)."""
+    """``(state, detail)`` of a cell from its MLflow run and its claim: finished, failed, running, pending,
+    interrupted (started, owner gone) or not started (detail: the job id, the owner, or the reason of a failure)."""
     status = getattr(getattr(tracked, "info", None), "status", None)
     if status == "FINISHED":
         return "finished", ""
     held = claims.current(run_dir(cell))
     owner = held[1] if held else {}
+    if held and not owner and not claims.free(run_dir(cell), *held, is_stale):
+        return "pending", f"claim.{held[0]}: owner not written yet"
     job = str(owner.get("job_id", ""))
     if owner and not owner.get("released") and not is_stale(owner):
         if owner.get("launcher") == "slurm" and job:
             state = slurm_state(job, str(owner["folder"]))
             return ("pending" if state in ("PENDING", "REQUEUED") else "running"), f"job {job} ({state})"
-        return "running", f"pid {owner.get('pid')} on {owner.get('host')}"
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(owner["time"])) if "time" in owner else "?"
+        return "running", f"pid {owner.get('pid')} on {owner.get('host')} since {since}"
     if status == "FAILED":
         tags = getattr(getattr(tracked, "data", None), "tags", {})
         return "failed", (f"job {job}: " if job else "") + tags.get("failure_reason", "")
     if job and owner.get("launcher") == "slurm":  # the job ended without the run saying how: killed, OOM, ...
         return "failed", f"job {job} ended {slurm_state(job, str(owner['folder']))} before the run finished"
+    if status in ("RUNNING", "KILLED"):  # started, and its owner is gone: killed, pre-empted or interrupted
+        return "interrupted", "its owner is gone; launching the grid again resumes it from its last checkpoint"
     return "not started", ""

@@ -56,8 +56,8 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
     run = Run(cell.config, experiment, cell.name, tags)
     try:
         metrics = train(cell.config, folder, log=run.log_metrics)
-    except KeyboardInterrupt:
-        run.finish(KILLED, "interrupted")
+    except KeyboardInterrupt as err:  # the folder keeps the last checkpoint: launching again resumes
+        run.finish(KILLED, f"stopped by {err.args[0] if err.args else 'SIGINT'}")  # the CLI names the signal
         raise
     except Exception as err:  # recorded, not swallowed: the caller decides whether to go on
         reason = f"{type(err).__name__}: {err}"

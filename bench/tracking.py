@@ -150,8 +150,11 @@ class Run:
                 self.client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
 
     def finish(self, status: str, reason: str = "") -> None:
+        """End the run with ``status``; a finished run drops the reason an earlier stop or failure left."""
         tags = {"status": status, **({"failure_reason": reason[:4000]} if reason else {})}
         self.client.log_batch(self.run_id, tags=_tags(tags))
+        if status == FINISHED and "failure_reason" in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, "failure_reason")
         self.client.set_terminated(self.run_id, status=status)
 
 

@@ -249,7 +249,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     scheduler = LambdaLR(optimizer, schedule(cfg.optim.schedule, cfg.optim.warmup_steps, total))
     step, best, history = 0, {"value": -math.inf, "step": 0}, []
     if rank == 0:
-        for stale in checkpoint.remove_stale_temporaries(run_dir):
+        for stale in checkpoint.remove_stale_temporaries(run_dir, (LAST, BEST)):
             logger.warning("removed %s, left by a writer that died mid-write", stale)
     state = checkpoint.load_latest(run_dir / LAST, warn=logger.warning)
     if state is not None:

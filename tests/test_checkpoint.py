@@ -47,12 +47,13 @@ def test_a_truncated_last_pt_resumes_from_the_previous_checkpoint(
     data = (run / LAST).read_bytes()
     (run / LAST).write_bytes(data[: len(data) // 3])
     (run / ".last.pt.4242.tmp").write_bytes(b"half a checkpoint")  # a writer killed mid-write
+    (run / ".claim.0.4242.tmp").write_text("{}")  # not a checkpoint's: a launcher may be writing it now
     resumed_from: list[float] = []
     with caplog.at_level(logging.WARNING, logger="bench.train"):
         resumed = train(cfg, run, log=lambda m, s: resumed_from.extend([m[k] for k in m if k == "resume_step"]))
     assert resumed_from == [3.0]
     assert resumed == uninterrupted
-    assert not (run / ".last.pt.4242.tmp").exists()
+    assert not (run / ".last.pt.4242.tmp").exists() and (run / ".claim.0.4242.tmp").exists()
     assert any("last.pt is unreadable" in r.message for r in caplog.records)
 
 

@@ -141,3 +141,40 @@ def test_a_tracking_uri_where_no_server_listens_fails_at_once_in_one_line(
     err = capsys.readouterr().err.strip()
     assert f"tracking.uri http://127.0.0.1:{port}: no MLflow server answers" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_records_killed_in_one_line_and_a_later_finish_clears_the_reason(
+    tmp_path: Path, tiny_cards, tracking_uri, monkeypatch
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bench.tracking import FINISHED, KILLED
+
+    longer = {"base": {"train": {"epochs": 6, "steps_per_epoch": 5, "checkpoint_every": 2}}}
+    path = _grid(tmp_path, tiny_cards, tracking_uri, methods=["full-ft"], seeds=[0], **longer)
+    (cell,) = expand(load_grid(str(path)))
+    last = Path(cell.config.tracking.runs_dir) / cell.run_id / "last.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "grid", str(path), "--no-report"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("stopped by SIGTERM: run folders keep")
+    run = runs_by_hash(tracking_uri, tmp_path.name)[cell.run_id]
+    assert run.info.status == KILLED and run.data.tags["failure_reason"] == "stopped by SIGTERM"
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["grid", str(path), "--no-report"]) == 0  # resumes the same run and finishes it
+    run = runs_by_hash(tracking_uri, tmp_path.name)[cell.run_id]
+    assert run.info.status == FINISHED and "failure_reason" not in run.data.tags

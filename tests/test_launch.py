@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench import claims
@@ -72,3 +73,38 @@ def test_held_cells_are_skipped(tmp_path: Path, tiny_cards, tracking_uri, capsys
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     assert "running" in out and "1 finished" in out
+
+
+def test_an_empty_claim_goes_stale_after_the_grace_period(
+    tmp_path: Path, tiny_cards, tracking_uri, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _grid(tmp_path, tiny_cards, tracking_uri, methods=["full-ft"], seeds=[0])
+    (cell,) = expand(load_grid(str(path)))
+    folder = Path(cell.config.tracking.runs_dir) / cell.run_id
+    folder.mkdir(parents=True)
+    (folder / "claim.0").write_text("")  # a launcher killed between creating the claim and writing its owner
+    assert main(["grid", str(path), "--no-report"]) == 0
+    assert "held by another launch, skipped" in capsys.readouterr().out  # within the grace: it may still be written
+    assert cell_state(cell, None) == ("pending", "claim.0: owner not written yet")
+    old = time.time() - claims.GRACE_S - 1
+    os.utime(folder / "claim.0", (old, old))
+    assert cell_state(cell, None) == ("not started", "")
+    assert main(["grid", str(path), "--no-report"]) == 0
+    assert (
+        claims.current(folder)[0] == 1
+        and cell_state(cell, runs_by_hash(tracking_uri, tmp_path.name)[cell.run_id])[0] == "finished"
+    )
+
+
+def test_a_started_run_whose_owner_died_is_interrupted_not_unstarted(tmp_path: Path, tiny_cards, tracking_uri) -> None:
+    from bench.tracking import Run
+
+    path = _grid(tmp_path, tiny_cards, tracking_uri, methods=["full-ft"], seeds=[0])
+    (cell,) = expand(load_grid(str(path)))
+    Run(cell.config, tmp_path.name, cell.name, {"cell": cell.name})  # MLflow RUNNING, as a killed run leaves it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = Path(cell.config.tracking.runs_dir) / cell.run_id
+    assert claims.claim(folder, {**claims.this_process("local"), "pid": int(dead.stdout)}, claims.process_gone) == 0
+    state, detail = cell_state(cell, runs_by_hash(tracking_uri, tmp_path.name)[cell.run_id])
+    assert state == "interrupted" and "resumes it" in detail
