@@ -34,10 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--no-report", action="store_true", help="skip the report at the end")
     grid.add_argument("--launcher", choices=("local", "debug", "slurm"), help="overrides launch.launcher")
     grid.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (default: the grid's)")
+    grid.add_argument(
+        "--rerun-stale", action="store_true", help="train again the finished cells that another commit made"
+    )
     _add_sets(grid)
 
     status = sub.add_parser(
-        "status", help="each cell's state: finished, failed, running, pending, interrupted, not started"
+        "status", help="each cell's state: finished (or stale), failed, running, pending, interrupted, not started"
     )
     status.add_argument("grid", metavar="GRID")
     _add_sets(status)
@@ -76,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from bench.grid import expand, experiment_name, load_grid
-    from bench.runner import check_inputs, finished
+    from bench.runner import check_inputs, finished, restart, stale
     from bench.tracking import check_reachable, tracking_uri
 
     name = args.grid_opt or args.grid_pos or "smoke"
@@ -90,10 +93,21 @@ def cmd_grid(args: argparse.Namespace) -> int:
     check_reachable(tracking_uri(cells[0].config))
     experiment = experiment_name(spec, cells[0].config)
     done = finished(cells, experiment)
+    old = stale(cells, experiment)
     if args.dry_run:
         for cell in cells:
-            print(f"{'finished' if cell.run_id in done else 'todo':9s} {cell.run_id}  {cell.name}")
+            state = ("stale" if cell.run_id in old else "finished") if cell.run_id in done else "todo"
+            print(f"{state:9s} {cell.run_id}  {cell.name}")
         return 0
+    if old and args.rerun_stale:
+        for cell in (c for c in cells if c.run_id in old):
+            restart(cell)
+        done -= set(old)
+    elif old:
+        print(
+            f"{len(old)} finished cells were made by other code (another commit or uncommitted changes); "
+            "--rerun-stale trains them again"
+        )
     for cell in cells:
         if cell.run_id in done:
             print(f"{cell.name}: finished already, skipped")
@@ -151,18 +165,23 @@ def _submit(cells: list, experiment: str, grid: str, cfg, wait: bool) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from bench.grid import expand, experiment_name, load_grid
     from bench.launch import cell_state
+    from bench.runner import stale
     from bench.tracking import runs_by_hash, tracking_uri
 
     spec = load_grid(args.grid)
     cells = expand(spec, args.sets, where=args.grid)
-    runs = runs_by_hash(tracking_uri(cells[0].config), experiment_name(spec, cells[0].config))
+    experiment = experiment_name(spec, cells[0].config)
+    runs = runs_by_hash(tracking_uri(cells[0].config), experiment)
+    old = stale(cells, experiment)
     width = max(len(c.name) for c in cells)
     counts: dict[str, int] = {}
     for cell in cells:
         state, detail = cell_state(cell, runs.get(cell.run_id))
+        if cell.run_id in old:
+            detail = f"stale: {old[cell.run_id]} (bench grid --rerun-stale trains it again)"
         counts[state] = counts.get(state, 0) + 1
         print(f"{cell.name:<{width}}  {state:<11}  {detail}".rstrip())
-    print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + (f" ({len(old)} stale)" if old else ""))
     return 0
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import distributed
+from bench.checkpoint import previous
 from bench.config import ConfigError, RunConfig, save_config
 from bench.data.cards import load_card
 from bench.grid import Cell
-from bench.tracking import FAILED, FINISHED, KILLED, Run, runs_by_hash, tracking_uri
-from bench.train import train
+from bench.tracking import FAILED, FINISHED, KILLED, Run, provenance, runs_by_hash, tracking_uri
+from bench.train import BEST, LAST, train
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,38 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
     run.log_artifacts(folder)
     run.finish(FINISHED)
     return Outcome(cell.name, FINISHED)
+
+
+def stale(cells: list[Cell], experiment: str) -> dict[str, str]:
+    """Run ids of the finished cells whose run other code made (another commit, or a dirty tree), with the reason.
+
+    Nothing is stale where this code's commit is unknown (not a git checkout)."""
+    here = provenance()
+    if not cells or here["git.sha"] == "unknown":
+        return {}
+    runs = runs_by_hash(tracking_uri(cells[0].config), experiment)
+    reasons = {}
+    for cell in cells:
+        run = runs.get(cell.run_id)
+        if run is None or run.info.status != FINISHED:
+            continue
+        sha, dirty = run.data.tags.get("git.sha", "unknown"), run.data.tags.get("git.dirty", "unknown")
+        if sha != here["git.sha"]:
+            reasons[cell.run_id] = f"made by commit {sha[:10]}"
+        elif dirty != "false":
+            reasons[cell.run_id] = "made by a tree with uncommitted changes"
+    return reasons
+
+
+def restart(cell: Cell) -> None:
+    """Discard what a cell's run folder holds of an earlier training (checkpoints, scores, metrics, diagnostics), so
+    that it trains again from the start; its claims and config stay."""
+    folder = run_dir(cell)
+    for name in (LAST, BEST, "metrics.json"):
+        (folder / name).unlink(missing_ok=True)
+    previous(folder / LAST).unlink(missing_ok=True)
+    for name in ("scores", "diagnostics"):
+        shutil.rmtree(folder / name, ignore_errors=True)
 
 
 def finished(cells: list[Cell], experiment: str) -> set[str]:

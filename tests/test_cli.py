@@ -178,3 +178,27 @@ def test_sigterm_records_killed_in_one_line_and_a_later_finish_clears_the_reason
     assert main(["grid", str(path), "--no-report"]) == 0  # resumes the same run and finishes it
     run = runs_by_hash(tracking_uri, tmp_path.name)[cell.run_id]
     assert run.info.status == FINISHED and "failure_reason" not in run.data.tags
+
+
+def test_cells_finished_by_other_code_are_reported_and_rerun_on_request(
+    tmp_path: Path, tiny_cards, tracking_uri, capsys, monkeypatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    path = _grid(tmp_path, tiny_cards, tracking_uri, methods=["full-ft"], seeds=[0, 1])
+    assert main(["grid", str(path), "--no-report"]) == 0
+    cells = expand(load_grid(str(path)))
+    first = runs_by_hash(tracking_uri, tmp_path.name)
+    MlflowClient(tracking_uri).set_tag(first[cells[0].run_id].info.run_id, "git.sha", "0" * 40)  # an older commit
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    assert "finished     stale: made by commit 0000000000" in capsys.readouterr().out
+    assert main(["grid", str(path), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "finished cells were made by other code" in out and f"{cells[0].name}: finished already, skipped" in out
+    assert main(["grid", str(path), "--no-report", "--rerun-stale"]) == 0
+    assert f"[1/2] {cells[0].name} (run {cells[0].run_id})" in capsys.readouterr().out  # trained again
+    again = runs_by_hash(tracking_uri, tmp_path.name)[cells[0].run_id]
+    assert again.info.run_id != first[cells[0].run_id].info.run_id and again.data.tags["git.sha"] != "0" * 40
+    assert "resume_step" not in again.data.metrics  # from the start, not resumed from the old checkpoint
