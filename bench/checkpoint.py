@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def load(path: str | Path) -> Any:
         raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err or 'empty'})") from None
 
 
-def load_latest(path: str | Path, warn: Any = print) -> Any | None:
+def load_latest(path: str | Path, warn: Callable[[str], object] = print) -> Any | None:
     """:func:`load` of ``path``, else of its :func:`previous` (``warn`` says why), else ``None`` (a fresh start).
 
     An :class:`UnsafeCheckpoint` is raised, never skipped: it is a planted file, not an accident.

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_grid(args: argparse.Namespace) -> int:
     from bench.grid import expand, experiment_name, load_grid
     from bench.runner import check_inputs, finished, restart, stale
-    from bench.tracking import check_reachable, tracking_uri
+    from bench.tracking import check_reachable, runs_by_hash, tracking_uri
 
     name = args.grid_opt or args.grid_pos or "smoke"
     spec = load_grid(name)
@@ -92,8 +92,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
         check_inputs(cell.config)
     check_reachable(tracking_uri(cells[0].config))
     experiment = experiment_name(spec, cells[0].config)
-    done = finished(cells, experiment)
-    old = stale(cells, experiment)
+    runs = runs_by_hash(tracking_uri(cells[0].config), experiment)
+    done = finished(cells, experiment, runs)
+    old = stale(cells, runs)
     if args.dry_run:
         for cell in cells:
             state = ("stale" if cell.run_id in old else "finished") if cell.run_id in done else "todo"
@@ -172,7 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cells = expand(spec, args.sets, where=args.grid)
     experiment = experiment_name(spec, cells[0].config)
     runs = runs_by_hash(tracking_uri(cells[0].config), experiment)
-    old = stale(cells, experiment)
+    old = stale(cells, runs)
     width = max(len(c.name) for c in cells)
     counts: dict[str, int] = {}
     for cell in cells:

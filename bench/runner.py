@@ -6,6 +6,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import distributed
 from bench.checkpoint import previous
@@ -73,14 +74,12 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
     return Outcome(cell.name, FINISHED)
 
 
-def stale(cells: list[Cell], experiment: str) -> dict[str, str]:
-    """Run ids of the finished cells whose run other code made (another commit, or a dirty tree), with the reason.
-
-    Nothing is stale where this code's commit is unknown (not a git checkout)."""
+def stale(cells: list[Cell], runs: dict[str, Any]) -> dict[str, str]:
+    """Run ids of the finished cells whose run (in ``runs``, from :func:`runs_by_hash`) other code made (another
+    commit, or a dirty tree), with the reason. Nothing is stale where this code's commit is unknown (no git)."""
     here = provenance()
-    if not cells or here["git.sha"] == "unknown":
+    if here["git.sha"] == "unknown":
         return {}
-    runs = runs_by_hash(tracking_uri(cells[0].config), experiment)
     reasons = {}
     for cell in cells:
         run = runs.get(cell.run_id)
@@ -105,9 +104,9 @@ def restart(cell: Cell) -> None:
         shutil.rmtree(folder / name, ignore_errors=True)
 
 
-def finished(cells: list[Cell], experiment: str) -> set[str]:
-    """Run ids of the cells whose config already has a FINISHED run in ``experiment``."""
+def finished(cells: list[Cell], experiment: str, runs: dict[str, Any] | None = None) -> set[str]:
+    """Run ids of the cells whose config already has a FINISHED run in ``experiment`` (or in ``runs``, when given)."""
     if not cells:
         return set()
-    runs = runs_by_hash(tracking_uri(cells[0].config), experiment)
+    runs = runs_by_hash(tracking_uri(cells[0].config), experiment) if runs is None else runs
     return {c.run_id for c in cells if c.run_id in runs and runs[c.run_id].info.status == FINISHED}
