@@ -37,17 +37,31 @@ def save_atomic(obj: Any, path: str | Path, keep_previous: bool = False) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
+        with tmp.open("wb") as fh:  # through a Python file, so that the operating system's reason reaches us
+            torch.save(obj, fh)
     except (OSError, RuntimeError) as err:
         tmp.unlink(missing_ok=True)
-        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left" in str(err):
-            raise CheckpointError(f"no space left on the device writing {path}; the previous file is kept") from None
+        full = _full(err)
+        if full:
+            raise CheckpointError(f"{full} writing {path}; the previous file is kept") from None
         reason = f"{type(err).__name__}: {err}"
         raise CheckpointError(f"writing {path} failed ({reason}); the previous file is kept") from err
     if keep_previous and path.exists():
         os.replace(path, previous(path))
     os.replace(tmp, path)
     return path
+
+
+def _full(err: BaseException | None) -> str:
+    """``"no space left on the device"`` or ``"disk quota exceeded"`` when that is why ``err`` (or the error it
+    arose from: torch's writer reports a failed write as an opaque ``RuntimeError``) happened, else ``""``."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return "no space left on the device"
+        if isinstance(err, OSError) and err.errno == errno.EDQUOT:
+            return "disk quota exceeded"
+        err = err.__cause__ or err.__context__
+    return ""
 
 
 def load(path: str | Path) -> Any:
@@ -62,6 +76,15 @@ def load(path: str | Path) -> Any:
         ) from None
     except (OSError, EOFError, RuntimeError) as err:
         raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err or 'empty'})") from None
+
+
+def saved_step(path: str | Path) -> int | None:
+    """The optimizer step a training checkpoint holds, read without loading its tensors (memory-mapped); ``None``
+    when there is no such file or it cannot be read."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return None
 
 
 def load_latest(path: str | Path, warn: Callable[[str], object] = print) -> Any | None:

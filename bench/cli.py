@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder with its own config.yaml")
     _add_sets(run)
 
+    sync = sub.add_parser("sync", help="send to MLflow what runs recorded while their tracking store was away")
+    sync.add_argument("--runs-dir", default="runs", help="the folder of run folders (tracking.runs_dir)")
+
     report = sub.add_parser("report", help="write the cross-dataset tables of an experiment")
     report.add_argument("--experiment", required=True)
     report.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the sqlite store")
@@ -79,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from bench.grid import expand, experiment_name, load_grid
-    from bench.runner import check_inputs, finished, restart, stale
+    from bench.runner import check_inputs, finished, restart, stale, sync_cells
     from bench.tracking import check_reachable, runs_by_hash, tracking_uri
 
     name = args.grid_opt or args.grid_pos or "smoke"
@@ -91,6 +94,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     for cell in cells:
         check_inputs(cell.config)
     check_reachable(tracking_uri(cells[0].config))
+    if synced := sync_cells(cells):
+        print(f"{synced} run folders sent to the store what they recorded while it was away")
     experiment = experiment_name(spec, cells[0].config)
     runs = runs_by_hash(tracking_uri(cells[0].config), experiment)
     done = finished(cells, experiment, runs)
@@ -207,6 +212,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from bench.journal import unsynced
+    from bench.tracking import check_reachable, one_line, sync
+
+    journals = unsynced(args.runs_dir)
+    if not journals:
+        print(f"nothing to sync: every run folder in {args.runs_dir}/ is in its store")
+        return 0
+    failures = 0
+    for journal in journals:
+        head = journal.head()
+        try:
+            check_reachable(head.uri)
+            sent = sync(journal)
+        except ConfigError as err:
+            print(f"error: {journal.folder}: {err}", file=sys.stderr)
+        except Exception as err:  # one line per folder; the others are still tried
+            print(f"error: {journal.folder}: {one_line(err)}", file=sys.stderr)
+        else:
+            print(f"{journal.folder}: {sent} records sent to experiment {head.experiment} of {head.uri}")
+            continue
+        failures += 1
+    return EXIT_FAILED if failures else 0
+
+
 def _print_report(experiment: str, uri: str | None, out: str | None) -> None:
     from bench.report import write_report
     from bench.tracking import DEFAULT_URI
@@ -278,6 +308,7 @@ COMMANDS = {
     "grid": cmd_grid,
     "status": cmd_status,
     "run": cmd_run,
+    "sync": cmd_sync,
     "report": cmd_report,
     "methods": cmd_methods,
     "params": cmd_params,
@@ -293,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input gives one ``error:`` line and exit code 2, failed runs exit code 1."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # each retry of a tracking call
     from bench.backbone import BackboneError
 
     def stop(signum: int, frame: object) -> None:
@@ -305,6 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, BackboneError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as err:
+        if not type(err).__module__.startswith(("mlflow", "requests", "urllib3")):
+            raise
+        from bench.tracking import one_line
+
+        print(
+            f"error: the tracking store failed ({one_line(err)}); run folders keep what runs recorded meanwhile, "
+            "and `bench sync` sends it once the store answers",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     except Stopped as err:
         print(f"stopped by {err.args[0]}: run folders keep their last checkpoint; run again to resume", file=sys.stderr)
         return 128 + signal.Signals[err.args[0]].value

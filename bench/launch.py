@@ -17,9 +17,12 @@ from pathlib import Path
 import submitit
 
 from bench import claims, distributed
+from bench.checkpoint import saved_step
 from bench.config import LaunchConfig
 from bench.grid import Cell
+from bench.journal import Journal
 from bench.runner import Outcome, run_cell, run_dir
+from bench.train import LAST
 
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
@@ -97,11 +100,26 @@ def submit(cells: list[Cell], experiment: str, grid: str, launch: LaunchConfig, 
 
 
 def cell_state(cell: Cell, tracked: object | None) -> tuple[str, str]:
-    """``(state, detail)`` of a cell from its MLflow run and its claim: finished, failed, running, pending,
-    interrupted (started, owner gone) or not started (detail: the job id, the owner, or the reason of a failure)."""
+    """``(state, detail)`` of a cell from its MLflow run, its claim and its folder: finished, unsynced (ended while
+    the store was away), failed, running, pending, interrupted (started, owner gone) or not started (detail: the
+    job id, the owner, the last checkpoint's step, or the reason of a failure)."""
+    folder = run_dir(cell)
+    journal = Journal(folder)
+    waiting, ended = len(journal.pending()), journal.ended()
+    if waiting and ended:
+        return "unsynced", f"{ended} offline; {waiting} records wait in its folder (bench sync sends them)"
     status = getattr(getattr(tracked, "info", None), "status", None)
     if status == "FINISHED":
         return "finished", ""
+    state, detail = _claimed_state(cell, tracked, status)
+    if state in ("running", "interrupted"):
+        step = saved_step(folder / LAST)
+        detail += "; last checkpoint: " + ("none yet" if step is None else f"step {step}")
+        detail += f"; {waiting} records unsynced" if waiting else ""
+    return state, detail
+
+
+def _claimed_state(cell: Cell, tracked: object | None, status: str | None) -> tuple[str, str]:
     held = claims.current(run_dir(cell))
     owner = held[1] if held else {}
     if held and not owner and not claims.free(run_dir(cell), *held, is_stale):
@@ -119,5 +137,5 @@ def cell_state(cell: Cell, tracked: object | None) -> tuple[str, str]:
     if job and owner.get("launcher") == "slurm":  # the job ended without the run saying how: killed, OOM, ...
         return "failed", f"job {job} ended {slurm_state(job, str(owner['folder']))} before the run finished"
     if status in ("RUNNING", "KILLED"):  # started, and its owner is gone: killed, pre-empted or interrupted
-        return "interrupted", "its owner is gone; launching the grid again resumes it from its last checkpoint"
+        return "interrupted", "its owner is gone; launching the grid again resumes it"
     return "not started", ""

@@ -13,7 +13,8 @@ from bench.checkpoint import previous
 from bench.config import ConfigError, RunConfig, save_config
 from bench.data.cards import load_card
 from bench.grid import Cell
-from bench.tracking import FAILED, FINISHED, KILLED, Run, provenance, runs_by_hash, tracking_uri
+from bench.journal import Journal
+from bench.tracking import FAILED, FINISHED, KILLED, Run, one_line, provenance, runs_by_hash, sync, tracking_uri
 from bench.train import BEST, LAST, train
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
         "family": method.split("/")[0],
         "tune": cell.tune,
     }
-    run = Run(cell.config, experiment, cell.name, tags)
+    run = Run(cell.config, experiment, cell.name, tags, folder)
     try:
         metrics = train(cell.config, folder, log=run.log_metrics)
     except KeyboardInterrupt as err:  # the folder keeps the last checkpoint: launching again resumes
@@ -69,9 +70,27 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
         return Outcome(cell.name, FAILED, reason)
     # at the last step, after the validation curve: MLflow's latest val/* is then the selected checkpoint's
     run.log_metrics(metrics, step=int(metrics["train/steps"]))
-    run.log_artifacts(folder)
+    run.log_artifacts()
     run.finish(FINISHED)
+    if not run.synced:
+        log.warning("cell %s finished offline: its records wait in %s; `bench sync` sends them", cell.name, folder)
     return Outcome(cell.name, FINISHED)
+
+
+def sync_cells(cells: list[Cell]) -> int:
+    """Send to the store what the cells' run folders hold and it lacks (runs that ended while it was away);
+    returns how many folders were synced. A folder that cannot be synced is named in a warning and left as it is."""
+    synced = 0
+    for cell in cells:
+        journal = Journal(run_dir(cell))
+        if not journal.pending():
+            continue
+        try:
+            sync(journal)
+            synced += 1
+        except Exception as err:  # reported; the cell's state says the rest
+            log.warning("%s: not synced (%s)", journal.folder, one_line(err))
+    return synced
 
 
 def stale(cells: list[Cell], runs: dict[str, Any]) -> dict[str, str]:

@@ -4,6 +4,9 @@ dead writers' temporary files are removed, a failed write keeps the previous fil
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,14 +67,20 @@ def test_with_no_readable_checkpoint_the_run_starts_afresh(tmp_path: Path) -> No
     assert len(warnings) == 1 and "last.pt is unreadable" in warnings[0]
 
 
-def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path: Path) -> None:
-    path = checkpoint.save_atomic({"step": torch.tensor(1)}, tmp_path / LAST)
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB file system (tmpfs), mounted for the test: mounting needs root, as in CI."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)]).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
 
-    class Unwritable:
-        def __reduce__(self) -> tuple:
-            raise OSError(28, "No space left on device")
 
-    with pytest.raises(checkpoint.CheckpointError, match=r"no space left on the device writing .*last\.pt"):
-        checkpoint.save_atomic({"step": Unwritable()}, path, keep_previous=True)
+def test_a_full_disk_is_named_keeps_the_previous_checkpoint_and_leaves_no_temporary(small_disk: Path) -> None:
+    path = checkpoint.save_atomic({"step": torch.tensor(1)}, small_disk / LAST, keep_previous=True)
+    with pytest.raises(checkpoint.CheckpointError, match=r"^no space left on the device writing .*last\.pt; the prev"):
+        checkpoint.save_atomic({"step": torch.tensor(2), "w": torch.zeros(1 << 20)}, path, keep_previous=True)
     assert checkpoint.load(path)["step"].item() == 1
-    assert list(tmp_path.iterdir()) == [path]
+    assert list(small_disk.iterdir()) == [path]

@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from bench import claims
+from bench.checkpoint import save_atomic
 from bench.cli import main
 from bench.grid import expand, load_grid
 from bench.launch import cell_state
@@ -102,9 +105,11 @@ def test_a_started_run_whose_owner_died_is_interrupted_not_unstarted(tmp_path: P
 
     path = _grid(tmp_path, tiny_cards, tracking_uri, methods=["full-ft"], seeds=[0])
     (cell,) = expand(load_grid(str(path)))
-    Run(cell.config, tmp_path.name, cell.name, {"cell": cell.name})  # MLflow RUNNING, as a killed run leaves it
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     folder = Path(cell.config.tracking.runs_dir) / cell.run_id
+    Run(cell.config, tmp_path.name, cell.name, {"cell": cell.name}, folder)  # MLflow RUNNING, as a killed run leaves it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert claims.claim(folder, {**claims.this_process("local"), "pid": int(dead.stdout)}, claims.process_gone) == 0
     state, detail = cell_state(cell, runs_by_hash(tracking_uri, tmp_path.name)[cell.run_id])
-    assert state == "interrupted" and "resumes it" in detail
+    assert state == "interrupted" and "resumes it" in detail and "last checkpoint: none yet" in detail
+    save_atomic({"step": 4, "model": {"w": torch.zeros(3)}}, folder / "last.pt")
+    assert cell_state(cell, runs_by_hash(tracking_uri, tmp_path.name)[cell.run_id])[1].endswith("checkpoint: step 4")
