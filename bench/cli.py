@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.config import ConfigError
+from bench.config import ConfigError, build_config
 from bench.data.commands import add_data_commands
 from bench.perf import add_perf_command
 
@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="send to MLflow what runs recorded while their tracking store was away")
     sync.add_argument("--runs-dir", default="runs", help="the folder of run folders (tracking.runs_dir)")
 
+    recipe = sub.add_parser("recipe", help="a paper's recipe beside a config or a grid, every difference marked")
+    recipe.add_argument("name", metavar="NAME", help="a recipe in grids/recipes/")
+    recipe.add_argument("--grid", help="compare each row of this grid (default: the recipe over the defaults)")
+    _add_sets(recipe)
+
     report = sub.add_parser("report", help="write the cross-dataset tables of an experiment")
     report.add_argument("--experiment", required=True)
     report.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the sqlite store")
@@ -77,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--split", default="test")
     preview.add_argument("--root", default="data", help="data root")
     preview.add_argument("--out", default=None, help="PNG path (default results/preview-<card>.png)")
+    preview.add_argument(
+        "--augment", metavar="PRESET", help="show the frames as training augments them (none, flip, deepfakebench, ...)"
+    )
     return parser
 
 
@@ -212,6 +220,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from bench.config import merge, parse_set
+    from bench.grid import expand, load_grid
+    from bench.recipes import differences, load_recipe, table
+
+    recipe = load_recipe(args.name)
+    print(f"{recipe.name}: {recipe.origin()}\n{recipe.summary}")
+    if args.grid:
+        rows: dict[str, object] = {}
+        for cell in expand(load_grid(args.grid), args.sets, where=args.grid):
+            rows.setdefault(cell.label, cell.config)
+        for label, cfg in rows.items():
+            found = differences(recipe, cfg)  # type: ignore[arg-type]
+            print(f"\n{label}: " + (f"{len(found)} different" if found else "as the recipe"))
+            for f, ours in found:
+                print(f"  != {f.key}: {ours} here, {f.value} in the recipe ({f.source})")
+        return 0
+    data = recipe.overrides()
+    for assignment in args.sets:
+        data = merge(data, parse_set(assignment))
+    cfg = build_config(data, f"recipe {recipe.name}")
+    print("\n" + table(recipe, cfg))
+    for item in recipe.deliberate:
+        print(f"\ndeliberately different: {item['what']}\n  source: {item['source']}\n  here:   {item['ours']}")
+    found = differences(recipe, cfg)
+    print(f"\n{len(found)} different" if found else "\nno differences")
+    return EXIT_FAILED if found else 0
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from bench.journal import unsynced
     from bench.tracking import check_reachable, one_line, sync
@@ -290,17 +327,27 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     if getattr(args, "data_handler", None):
         return args.data_handler(args)
+    from bench.data.augment import Augment, AugmentError
     from bench.data.cards import load_card
     from bench.data.catalog import split_frames
-    from bench.data.preview import preview
+    from bench.data.preview import augmented, preview
 
     card = load_card(args.card)
     frames = split_frames(card, args.split, args.root, frames_per_video=1000)
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list] = {}
     for frame in frames:
         groups.setdefault(frame.method, []).append(frame.path)
-    out = Path(args.out or f"results/preview-{card.name}.png")
-    print(preview(groups, out))
+    suffix = f"-{args.augment}" if args.augment else ""
+    out = Path(args.out or f"results/preview-{card.name}{suffix}.png")
+    if args.augment:
+        try:
+            augment = Augment(args.augment)
+        except AugmentError as err:
+            raise ConfigError(f"--augment: {err}") from None
+        images, captions = augmented(groups, augment)
+        print(preview(images, out, captions=captions))
+    else:
+        print(preview(groups, out))
     return 0
 
 
@@ -309,6 +356,7 @@ COMMANDS = {
     "status": cmd_status,
     "run": cmd_run,
     "sync": cmd_sync,
+    "recipe": cmd_recipe,
     "report": cmd_report,
     "methods": cmd_methods,
     "params": cmd_params,

@@ -68,6 +68,8 @@ class DataConfig:
         max_bad_fraction: unreadable frames of a split are skipped and counted; past this fraction the run fails.
         offline_seed: generation seed of every offline card instead of the card's own: another draw of the offline
             benchmark (written beside the cards' own, ``<root>-seed<k>``); ``None`` keeps the cards' seeds.
+        augment: training augmentation, a preset (``none``, ``flip``, ``deepfakebench``, ``effort-released``) or a
+            list of albumentations transforms (:mod:`bench.data.augment`).
     """
 
     train: str = "offline-ff"
@@ -86,8 +88,16 @@ class DataConfig:
     balanced: bool = True
     max_bad_fraction: float = 0.01
     offline_seed: int | None = None
+    augment: str | list[dict[str, Any]] = "flip"
 
     def __post_init__(self) -> None:
+        from bench.data.augment import PRESETS, Augment, AugmentError
+
+        if not isinstance(self.augment, str) or self.augment not in PRESETS:  # presets are known to build
+            try:
+                Augment(self.augment)
+            except AugmentError as err:
+                raise ConfigError(str(err)) from None
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
         _positive("data.frames_per_video", self.frames_per_video)
@@ -96,22 +106,45 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and its schedule, stepped once per optimizer step."""
+    """The optimizer and its learning-rate schedule, stepped once per optimizer step.
 
+    Attributes:
+        name: ``adamw`` (decoupled weight decay, on the tensors the method chooses), ``adam`` or ``sgd`` (with
+            ``momentum``; both add ``weight_decay * w`` to the gradient of every trainable tensor, coupled L2 as
+            torch implements it and as Effort and DeepfakeBench train).
+        lr: the peak learning rate.
+        weight_decay: decoupled (adamw) or coupled L2 (adam, sgd) weight decay.
+        betas, eps: Adam's moment coefficients and denominator term (adamw, adam).
+        momentum: SGD's momentum.
+        schedule: ``none`` (the same rate from the first step, no warm-up), ``constant`` (after the warm-up) or
+            ``cosine`` (decay to zero after the warm-up).
+        warmup_steps: linear warm-up steps.
+        grad_clip: clip the global gradient norm to this value (``None``: no clipping).
+        accumulate: micro-batches per optimizer step.
+    """
+
+    name: str = "adamw"
     lr: float = 1e-4
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9
     schedule: str = "cosine"
     warmup_steps: int = 0
     grad_clip: float | None = 1.0
     accumulate: int = 1
 
     def __post_init__(self) -> None:
-        check_choice("optim.schedule", self.schedule, ("constant", "cosine"))
+        check_choice("optim.name", self.name, ("adamw", "adam", "sgd"))
+        check_choice("optim.schedule", self.schedule, ("none", "constant", "cosine"))
         _positive("optim.lr", self.lr)
+        _positive("optim.eps", self.eps)
         _positive("optim.accumulate", self.accumulate)
         _at_least("optim.weight_decay", self.weight_decay, 0)
         _at_least("optim.warmup_steps", self.warmup_steps, 0)
+        _at_least("optim.momentum", self.momentum, 0)
+        if self.schedule == "none" and self.warmup_steps:
+            raise ConfigError("optim.schedule=none keeps one rate from the first step: set optim.warmup_steps=0")
         if self.grad_clip is not None:
             _positive("optim.grad_clip", self.grad_clip)  # torch flips gradients for a negative max norm
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -5,6 +5,7 @@ A grid file::
     name: smoke                      # MLflow experiment (unless tracking.experiment is set)
     description: one line
     base: {model: {...}, data: {...}, train: {...}}    # config sections shared by every cell
+    recipe: effort-released          # optional: a paper's values (grids/recipes/), applied over base
     methods: [full-ft, linear-probe]
     seeds: [0, 1, 2]
     train: [offline-ff]              # optional axis over training cards (default: base data.train)
@@ -15,7 +16,8 @@ A grid file::
     tune:                            # optional axis of dotted keys and the values tried (several keys: their product)
       optim.lr: [1.0e-4, 3.0e-4, 1.0e-3]
 
-A tune value overrides ``base``, ``per_method`` and ``variants``; ``--set`` overrides everything. Tune values go into
+A recipe overrides ``base``; ``per_method``, ``variants`` and tune values override the recipe (``bench recipe NAME
+--grid GRID`` marks where); ``--set`` overrides everything. Tune values go into
 cell names (``masm [optim.lr=0.001] seed=0``) and the runs' ``tune`` tag, not into labels: the report keeps, per
 label, the value with the best mean validation AUC (:func:`bench.report.choose_tuned`).
 """
@@ -41,6 +43,7 @@ from bench.config import (
     read_yaml,
 )
 from bench.data.cards import load_card
+from bench.recipes import load_recipe
 from bench.registry import get_method
 
 GRIDS_DIR = Path(__file__).resolve().parents[1] / "grids"
@@ -53,6 +56,7 @@ class GridSpec:
     name: str
     description: str = ""
     base: dict[str, Any] = field(default_factory=dict)
+    recipe: str | None = None
     methods: list[str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     train: list[str] = field(default_factory=list)
@@ -142,12 +146,13 @@ def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = 
     override: dict[str, Any] = {}
     for assignment in sets:
         override = merge(override, parse_set(assignment))
+    base = merge(spec.base, load_recipe(spec.recipe).overrides()) if spec.recipe else spec.base
     variants: list[tuple[str, dict[str, Any]]] = list(spec.variants.items()) or [("", {})]
     trains = spec.train or [""]
     cells = []
     axes = itertools.product(methods, variants, trains, tune_choices(spec.tune), spec.seeds)
     for method, (variant, changes), train, (tune, tuned), seed in axes:
-        data = merge(spec.base, {"method": {"name": method}})
+        data = merge(base, {"method": {"name": method}})
         data = merge(data, spec.per_method.get(method, {}))
         data = merge(data, changes or {})
         data = merge(data, tuned)

@@ -1,6 +1,6 @@
 """The one training and evaluation loop.
 
-``train(cfg, run_dir)`` builds the backbone and the method's adapter, trains with AdamW on the training card,
+``train(cfg, run_dir)`` builds the backbone and the method's adapter, trains with ``optim.name`` on the training card,
 validates on its validation split after every epoch (keeping the best-on-validation weights), and finally tests every
 test card with the last and with the validation-selected weights. It never asks which method it runs: whatever
 differs lives in the :class:`~bench.adapter.Adapter`. Test sets are never used for any choice.
@@ -27,6 +27,7 @@ from bench import checkpoint, distributed
 from bench.adapter import Adapter
 from bench.backbone import compile_backbone, create_backbone, data_config, memory_format
 from bench.config import OptimConfig, RunConfig
+from bench.data.augment import Augment
 from bench.data.cards import load_card
 from bench.data.catalog import redrawn, split_frames
 from bench.data.frames import Frame
@@ -65,9 +66,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Learning-rate factor per optimizer step: linear warm-up, then constant or cosine decay to zero."""
+    """Learning-rate factor per optimizer step: none (always 1), or a linear warm-up and then constant or cosine
+    decay to zero."""
 
     def factor(step: int) -> float:
+        if kind == "none":
+            return 1.0
         if step < warmup:
             return (step + 1) / warmup
         if kind == "constant":
@@ -108,14 +112,21 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
     return nullcontext()
 
 
-def build_optimizer(model: Adapter, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the method's parameter groups; fused on CUDA (one kernel per step for all parameters)."""
-    return torch.optim.AdamW(
-        model.param_groups(optim.weight_decay),
-        lr=optim.lr,
-        betas=tuple(optim.betas),
-        fused=True if device.type == "cuda" else None,
-    )
+def build_optimizer(model: Adapter, optim: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """``optim.name`` over the method's parameters; fused on CUDA (one kernel per step for all parameters).
+
+    AdamW decays the tensors of the method's :meth:`~bench.adapter.Adapter.param_groups`; Adam and SGD add coupled
+    L2 to the gradient of every trainable tensor, as the papers that use them do.
+    """
+    fused = True if device.type == "cuda" else None
+    if optim.name == "adamw":
+        groups = model.param_groups(optim.weight_decay)
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
+    params = [p for _, p in model.trainable_parameters()]
+    if optim.name == "adam":
+        betas = tuple(optim.betas)
+        return torch.optim.Adam(params, optim.lr, betas, optim.eps, optim.weight_decay, fused=fused)
+    return torch.optim.SGD(params, optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, fused=fused)
 
 
 def read_losses(loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -239,7 +250,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     compile_backbone(model.backbone, cfg.train.compile)
 
     size, mean, std = data["input_size"][-1], data["mean"], data["std"]
-    train_set = FrameDataset(splits.train, size, mean, std, splits.methods)
+    train_set = FrameDataset(splits.train, size, mean, std, splits.methods, augment=Augment(cfg.data.augment))
     groups = group_indices(splits.train, splits.methods, cfg.data.balanced)
     micro, accumulate = cfg.train.batch_size, cfg.optim.accumulate
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(splits.train) / (micro * accumulate))

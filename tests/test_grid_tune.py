@@ -83,7 +83,7 @@ def test_set_still_wins_over_the_tune_value(tiny_cards, tmp_path: Path) -> None:
         ({"optim.": [1.0e-3]}, r"grid-bad\.yaml: tune key 'optim\.' must be dotted section\.key"),
         ({"optim.lr": []}, r"grid-bad\.yaml: tune key 'optim\.lr' needs a non-empty list of values, got \[\]"),
         ({"optim.lr": 1.0e-3}, r"grid-bad\.yaml: tune key 'optim\.lr' needs a non-empty list of values, got 0\.001"),
-        ({"optim.lrr": [1.0e-3]}, r"grid-bad\.yaml: unknown key 'optim\.lrr'; valid keys: lr, weight_decay"),
+        ({"optim.lrr": [1.0e-3]}, r"grid-bad\.yaml: unknown key 'optim\.lrr'; valid keys: name, lr, weight_decay"),
         ({"optimiser.lr": [1.0e-3]}, r"grid-bad\.yaml: unknown section 'optimiser'"),
     ],
 )
@@ -114,7 +114,7 @@ def test_the_tracked_val_metrics_are_the_selected_checkpoints_not_the_last_epoch
 
     spec = _spec(tiny_cards, tmp_path, methods=["linear-probe"])
     spec.base |= {
-        "optim": {"lr": 1.0e-1, "warmup_steps": 0},
+        "optim": {"lr": 3.0e-1, "warmup_steps": 0},
         "train": {"epochs": 4, "steps_per_epoch": 1, "batch_size": 8},
         "eval": {"bootstrap": 0},
     }

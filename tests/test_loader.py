@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bench.config import ConfigError
+from bench.data.augment import Augment
 from bench.data.cards import load_card
 from bench.data.catalog import split_frames
 from bench.data.frames import REAL, Frame, sample_evenly
@@ -79,7 +80,7 @@ def test_too_small_batch_for_balance() -> None:
 
 def test_dataset_flip_is_seeded(tiny_cards: tuple[str, str]) -> None:
     frames = split_frames(load_card(tiny_cards[0]), "train", "unused", 1)
-    data = FrameDataset(frames, 32, (0.5,) * 3, (0.5,) * 3, METHODS)
+    data = FrameDataset(frames, 32, (0.5,) * 3, (0.5,) * 3, METHODS, augment=Augment("flip"))
     plain = data[0]["image"]
     flips = [bool((data[(0, s)]["image"] != plain).any()) for s in range(20)]
     assert 0 < sum(flips) < 20 and flips == [bool((data[(0, s)]["image"] != plain).any()) for s in range(20)]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +35,7 @@ def _start_server(folder: Path, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     cmd += ["--backend-store-uri", f"sqlite:///{folder}/db.sqlite", "--artifacts-destination", str(folder / "art")]
     log = (folder / "server.log").open("a")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -44,8 +47,11 @@ def _start_server(folder: Path, port: int) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """Stop the server and the workers and job runners it started (its session)."""
+    os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

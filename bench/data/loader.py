@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from bench.data.augment import Augment
 from bench.data.frames import REAL, Frame
 from bench.data.perturb import perturb
 
@@ -46,7 +47,7 @@ class BadDataError(RuntimeError):
 
 
 class FrameDataset(Dataset):
-    """Decodes frames to normalised tensors; training keys carry a seed for a horizontal flip.
+    """Decodes frames to normalised tensors; training keys carry the seed of their augmentation draw.
 
     Args:
         frames: the split's frames.
@@ -56,6 +57,7 @@ class FrameDataset(Dataset):
         methods: forgery methods in routing order (their index is each item's ``method``).
         perturbation: ``(kind, level)`` of :func:`bench.data.perturb.perturb`, applied to the frame as stored, before
             resizing and normalisation.
+        augment: the training augmentation, applied after resizing to the items whose key carries a seed.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class FrameDataset(Dataset):
         std: Sequence[float],
         methods: Sequence[str] = (),
         perturbation: tuple[str, int] | None = None,
+        augment: Augment | None = None,
     ) -> None:
         self.frames = list(frames)
         self.size = input_size
@@ -73,31 +76,37 @@ class FrameDataset(Dataset):
         self.std = np.asarray(std, dtype=np.float32)
         self.method_index = {m: i for i, m in enumerate(methods)}
         self.perturbation = perturbation
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def load(self, frame: Frame) -> torch.Tensor:
+    def pixels(self, frame: Frame) -> np.ndarray:
+        """The frame as 8-bit RGB at the input size (perturbed, when the dataset perturbs)."""
         with Image.open(frame.path) as img:
             img = to_rgb(img)
             if self.perturbation is not None:
                 img = perturb(img, *self.perturbation)
             if img.size != (self.size, self.size):
                 img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
-            array = np.asarray(img, dtype=np.float32)
+            return np.asarray(img)
+
+    def load(self, frame: Frame, aug_seed: int = -1) -> torch.Tensor:
+        """The frame as a normalised C x H x W tensor, augmented with the draws of ``aug_seed`` when it is >= 0."""
+        pixels = self.pixels(frame)
+        if self.augment and aug_seed >= 0:
+            pixels = self.augment(pixels, aug_seed)
         # numpy, not torch: per-image torch ops in the main process (workers=0) stall on OpenMP threads under load
-        normalised = (array / np.float32(255) - self.mean) / self.std
+        normalised = (pixels.astype(np.float32) / np.float32(255) - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
     def __getitem__(self, key: int | Key) -> dict[str, Any]:
         index, aug_seed = (key, -1) if isinstance(key, int) else key
         frame = self.frames[index]
         try:
-            image = self.load(frame)
+            image = self.load(frame, aug_seed)
         except UNREADABLE as err:
             return {"bad": index, "error": f"{type(err).__name__}: {err}"}
-        if aug_seed >= 0 and np.random.default_rng(aug_seed).random() < 0.5:
-            image = image.flip(-1)
         method = -1 if frame.method == REAL else self.method_index.get(frame.method, -1)
         return {"image": image, "label": frame.label, "method": method, "index": index}
 
