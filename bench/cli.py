@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument(
         "--augment", metavar="PRESET", help="show the frames as training augments them (none, flip, deepfakebench, ...)"
     )
+    preview.add_argument("--synthesis", choices=("none", "sbi"), default="none", help="show fakes made from reals")
     return parser
 
 
@@ -330,21 +331,21 @@ def cmd_data(args: argparse.Namespace) -> int:
     from bench.data.augment import Augment, AugmentError
     from bench.data.cards import load_card
     from bench.data.catalog import split_frames
-    from bench.data.preview import augmented, preview
+    from bench.data.preview import drawn, preview
 
     card = load_card(args.card)
     frames = split_frames(card, args.split, args.root, frames_per_video=1000)
     groups: dict[str, list] = {}
     for frame in frames:
         groups.setdefault(frame.method, []).append(frame.path)
-    suffix = f"-{args.augment}" if args.augment else ""
-    out = Path(args.out or f"results/preview-{card.name}{suffix}.png")
-    if args.augment:
+    drawn_as = [x for x in (args.synthesis if args.synthesis != "none" else "", args.augment or "") if x]
+    out = Path(args.out or f"results/preview-{'-'.join([card.name, *drawn_as])}.png")
+    if drawn_as:
         try:
-            augment = Augment(args.augment)
+            augment = Augment(args.augment or "none")
         except AugmentError as err:
             raise ConfigError(f"--augment: {err}") from None
-        images, captions = augmented(groups, augment)
+        images, captions = drawn(groups, augment, args.synthesis)
         print(preview(images, out, captions=captions))
     else:
         print(preview(groups, out))

@@ -70,6 +70,8 @@ class DataConfig:
             benchmark (written beside the cards' own, ``<root>-seed<k>``); ``None`` keeps the cards' seeds.
         augment: training augmentation, a preset (``none``, ``flip``, ``deepfakebench``, ``effort-released``) or a
             list of albumentations transforms (:mod:`bench.data.augment`).
+        synthesis: ``none``, or ``sbi``: train on the training card's real frames and fakes self-blended from them
+            on the fly (:mod:`bench.data.synthesis`); validation and tests keep the cards' own frames.
     """
 
     train: str = "offline-ff"
@@ -89,9 +91,13 @@ class DataConfig:
     max_bad_fraction: float = 0.01
     offline_seed: int | None = None
     augment: str | list[dict[str, Any]] = "flip"
+    synthesis: str = "none"
 
     def __post_init__(self) -> None:
         from bench.data.augment import PRESETS, Augment, AugmentError
+        from bench.data.synthesis import SYNTHESES
+
+        check_choice("data.synthesis", self.synthesis, SYNTHESES)
 
         if not isinstance(self.augment, str) or self.augment not in PRESETS:  # presets are known to build
             try:

@@ -43,6 +43,7 @@ from bench.config import (
     read_yaml,
 )
 from bench.data.cards import load_card
+from bench.data.synthesis import training_methods
 from bench.recipes import load_recipe
 from bench.registry import get_method
 
@@ -174,7 +175,8 @@ def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = 
 def resolve_config(cfg: RunConfig) -> RunConfig:
     """``cfg`` with its method options checked and completed (defaults, and what depends on the training card's
     forgery methods), so that equal runs hash equal."""
-    options = get_method(cfg.method.name).resolve(cfg.method.options, load_card(cfg.data.train).methods)
+    methods = training_methods(load_card(cfg.data.train).methods, cfg.data.synthesis)
+    options = get_method(cfg.method.name).resolve(cfg.method.options, methods)
     return dataclasses.replace(cfg, method=MethodConfig(cfg.method.name, dataclasses.asdict(options)))
 
 

@@ -32,6 +32,7 @@ from bench.data.cards import load_card
 from bench.data.catalog import redrawn, split_frames
 from bench.data.frames import Frame
 from bench.data.loader import FrameDataset, FrameLoader, StepSampler, eval_loader, group_indices, train_loader
+from bench.data.synthesis import synthetic_split, training_methods
 from bench.metrics import binary_metrics
 from bench.registry import get_method
 
@@ -92,9 +93,11 @@ def load_splits(cfg: RunConfig) -> Splits:
     for name in cfg.data.test:
         test_card = redrawn(load_card(name), cfg.data.offline_seed)
         tests[test_card.name] = split_frames(test_card, "test", root, n)
-    return Splits(
-        card.methods, split_frames(card, "train", root, n), split_frames(card, card.validation, root, n), tests
-    )
+    train = split_frames(card, "train", root, n)
+    if cfg.data.synthesis != "none":
+        train = synthetic_split(train, cfg.data.synthesis)
+    methods = training_methods(card.methods, cfg.data.synthesis)
+    return Splits(methods, train, split_frames(card, card.validation, root, n), tests)
 
 
 def build_model(cfg: RunConfig, forgery_methods: list[str]) -> tuple[Adapter, dict]:
@@ -250,7 +253,10 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     compile_backbone(model.backbone, cfg.train.compile)
 
     size, mean, std = data["input_size"][-1], data["mean"], data["std"]
-    train_set = FrameDataset(splits.train, size, mean, std, splits.methods, augment=Augment(cfg.data.augment))
+    augment = Augment(cfg.data.augment)
+    train_set = FrameDataset(
+        splits.train, size, mean, std, splits.methods, augment=augment, synthesis=cfg.data.synthesis
+    )
     groups = group_indices(splits.train, splits.methods, cfg.data.balanced)
     micro, accumulate = cfg.train.batch_size, cfg.optim.accumulate
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(splits.train) / (micro * accumulate))

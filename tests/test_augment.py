@@ -113,5 +113,6 @@ def test_preview_shows_the_augmented_frames_and_refuses_an_unknown_preset(
         == 0
     )
     assert Image.open(out).size[0] > 300
+    assert main(["data", "preview", tiny_cards[0], "--split", "train", "--synthesis", "sbi", "--out", str(out)]) == 0
     assert main(["data", "preview", tiny_cards[0], "--augment", "dfb", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: --augment: no augmentation preset 'dfb'")

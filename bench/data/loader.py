@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from bench.data.augment import Augment
 from bench.data.frames import REAL, Frame
 from bench.data.perturb import perturb
+from bench.data.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class FrameDataset(Dataset):
         perturbation: ``(kind, level)`` of :func:`bench.data.perturb.perturb`, applied to the frame as stored, before
             resizing and normalisation.
         augment: the training augmentation, applied after resizing to the items whose key carries a seed.
+        synthesis: frames of this forgery method are sources: each item is a fake made from it
+            (:mod:`bench.data.synthesis`, drawn from the key's seed, or from the frame's index without one).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class FrameDataset(Dataset):
         methods: Sequence[str] = (),
         perturbation: tuple[str, int] | None = None,
         augment: Augment | None = None,
+        synthesis: str = "none",
     ) -> None:
         self.frames = list(frames)
         self.size = input_size
@@ -77,6 +81,7 @@ class FrameDataset(Dataset):
         self.method_index = {m: i for i, m in enumerate(methods)}
         self.perturbation = perturbation
         self.augment = augment
+        self.synthesis = synthesis
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -91,9 +96,13 @@ class FrameDataset(Dataset):
                 img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
             return np.asarray(img)
 
-    def load(self, frame: Frame, aug_seed: int = -1) -> torch.Tensor:
-        """The frame as a normalised C x H x W tensor, augmented with the draws of ``aug_seed`` when it is >= 0."""
+    def load(self, index: int, aug_seed: int = -1) -> torch.Tensor:
+        """Frame ``index`` as a normalised C x H x W tensor (synthesized first, when its method is the synthesis),
+        augmented with the draws of ``aug_seed`` when it is >= 0."""
+        frame = self.frames[index]
         pixels = self.pixels(frame)
+        if self.synthesis != "none" and frame.method == self.synthesis:
+            pixels = synthesize(pixels, aug_seed if aug_seed >= 0 else index)
         if self.augment and aug_seed >= 0:
             pixels = self.augment(pixels, aug_seed)
         # numpy, not torch: per-image torch ops in the main process (workers=0) stall on OpenMP threads under load
@@ -104,7 +113,7 @@ class FrameDataset(Dataset):
         index, aug_seed = (key, -1) if isinstance(key, int) else key
         frame = self.frames[index]
         try:
-            image = self.load(frame, aug_seed)
+            image = self.load(index, aug_seed)
         except UNREADABLE as err:
             return {"bad": index, "error": f"{type(err).__name__}: {err}"}
         method = -1 if frame.method == REAL else self.method_index.get(frame.method, -1)

@@ -10,24 +10,30 @@ from PIL import Image
 
 from bench.data.augment import Augment
 from bench.data.loader import to_rgb
+from bench.data.synthesis import synthesize
 
 Picture = str | Path | np.ndarray
 
 
-def augmented(
-    groups: dict[str, list[str | Path]], augment: Augment, per_group: int = 6
+def drawn(
+    groups: dict[str, list[str | Path]], augment: Augment, synthesis: str = "none", per_group: int = 6
 ) -> tuple[dict[str, list[Picture]], dict[str, list[str]]]:
-    """The first ``per_group`` frames of each group augmented as training would (draw ``i`` for the ``i``-th), with
-    the names of the transforms that applied to each."""
+    """The first ``per_group`` frames of each group as training draws them (draw ``i`` for the ``i``-th): with a
+    synthesis, the real frames and the fakes made from them; then augmented. Each comes with a caption naming what
+    was applied."""
+    if synthesis != "none":
+        groups = {"real": groups.get("real", []), synthesis: groups.get("real", [])}
     images: dict[str, list[Picture]] = {}
     captions: dict[str, list[str]] = {}
     for label, paths in groups.items():
         images[label], captions[label] = [], []
         for i, path in enumerate(paths[:per_group]):
             with Image.open(path) as img:
-                pixels, applied = augment.apply(np.asarray(to_rgb(img)), i)
+                pixels = np.asarray(to_rgb(img))
+            made = label == synthesis
+            pixels, applied = augment.apply(synthesize(pixels, i) if made else pixels, i)
             images[label].append(pixels)
-            captions[label].append("\n".join(applied) or "(none)")
+            captions[label].append("\n".join([synthesis] * made + applied) or "(none)")
     return images, captions
 
 
