@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.config import ConfigError, build_config
-from bench.data.commands import add_data_commands
+from bench.data.commands import add_checkout_option, add_data_commands
 from bench.perf import add_perf_command
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         "--augment", metavar="PRESET", help="show the frames as training augments them (none, flip, deepfakebench, ...)"
     )
     preview.add_argument("--synthesis", choices=("none", "sbi"), default="none", help="show fakes made from reals")
+    add_checkout_option(preview)
     return parser
 
 
@@ -329,11 +330,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     if getattr(args, "data_handler", None):
         return args.data_handler(args)
     from bench.data.augment import Augment, AugmentError
-    from bench.data.cards import load_card
+    from bench.data.cards import open_card
     from bench.data.catalog import split_frames
     from bench.data.preview import drawn, preview
 
-    card = load_card(args.card)
+    card = open_card(args.card, args.deepfakebench)
     frames = split_frames(card, args.split, args.root, frames_per_video=1000)
     groups: dict[str, list] = {}
     for frame in frames:

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -63,13 +64,16 @@ class DataConfig:
         test: cards evaluated at the end (a card with a test split; the training card's own is in-domain).
         root: where data lives and where generated data is written.
         frames_per_video: evenly spaced frames taken per video (train and test).
-        workers: DataLoader worker processes (frames are decoded there).
+        workers: DataLoader worker processes (frames are decoded there); ``None`` takes the CPUs this process may
+            use (its affinity, within Slurm's ``SLURM_CPUS_PER_TASK``), at most 16.
         balanced: each training batch holds reals and fakes of every forgery method in equal shares.
         max_bad_fraction: unreadable frames of a split are skipped and counted; past this fraction the run fails.
         offline_seed: generation seed of every offline card instead of the card's own: another draw of the offline
             benchmark (written beside the cards' own, ``<root>-seed<k>``); ``None`` keeps the cards' seeds.
         augment: training augmentation, a preset (``none``, ``flip``, ``deepfakebench``, ``effort-released``) or a
             list of albumentations transforms (:mod:`bench.data.augment`).
+        deepfakebench: a DeepfakeBench checkout (default ``$DEEPFAKEBENCH``): ``deepfakebench`` cards then read their
+            index from its ``preprocessing/dataset_json/`` and their frames from its ``datasets/rgb/``.
         synthesis: ``none``, or ``sbi``: train on the training card's real frames and fakes self-blended from them
             on the fly (:mod:`bench.data.synthesis`); validation and tests keep the cards' own frames.
     """
@@ -86,12 +90,17 @@ class DataConfig:
     )
     root: str = "data"
     frames_per_video: int = 8
-    workers: int = 2
+    workers: int | None = None
     balanced: bool = True
     max_bad_fraction: float = 0.01
     offline_seed: int | None = None
     augment: str | list[dict[str, Any]] = "flip"
     synthesis: str = "none"
+    deepfakebench: str | None = None
+
+    def loader_workers(self) -> int:
+        """``workers``, or the CPUs this process may use (see the attribute)."""
+        return self.workers if self.workers is not None else available_cpus(16)
 
     def __post_init__(self) -> None:
         from bench.data.augment import PRESETS, Augment, AugmentError
@@ -107,7 +116,8 @@ class DataConfig:
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
         _positive("data.frames_per_video", self.frames_per_video)
-        _at_least("data.workers", self.workers, 0)
+        if self.workers is not None:
+            _at_least("data.workers", self.workers, 0)
 
 
 @dataclass
@@ -295,6 +305,7 @@ class RunConfig:
         for section in ("tracking", "launch"):
             d.pop(section)
         d["data"].pop("workers")
+        d["data"].pop("deepfakebench")  # where the data is, not what it is
         d["data"].pop("max_bad_fraction")
         if d["data"]["offline_seed"] is None:  # the cards' own draw: the ids of configs that predate the key
             d["data"].pop("offline_seed")
@@ -315,6 +326,16 @@ _SECTION_CLASSES: dict[str, type] = {
     "tracking": TrackingConfig,
     "launch": LaunchConfig,
 }
+
+
+def available_cpus(at_most: int) -> int:
+    """The CPUs this process may run on (its affinity; a Slurm job's ``SLURM_CPUS_PER_TASK`` when smaller), at
+    least 1 and at most ``at_most``."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit():
+        cpus = min(cpus, int(slurm))
+    return max(1, min(cpus, at_most))
 
 
 def check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:

@@ -1,7 +1,8 @@
 """Detection metrics: frame and video AUC, interpolated EER, AP, ACC, bootstrap intervals and DeLong's test.
 
-Labels are 0 (real) / 1 (fake); scores are the probability of fake (any real score works for AUC, EER and AP,
-ACC thresholds at 0.5).
+Labels are 0 (real) / 1 (fake); scores are the probability of fake (any real score works for AUC, EER and AP).
+ACC calls a frame fake when its score is above 0.5, as DeepfakeBench's ``get_test_metrics`` does: a score of exactly
+0.5 (a tied two-class head) counts as real.
 
 >>> binary_metrics([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])["auc"]
 0.75
@@ -133,7 +134,7 @@ def binary_metrics(
         "auc": float(roc_auc_score(y, s)),
         "eer": _eer(y, s),
         "ap": float(average_precision_score(y, s)),
-        "acc": float(accuracy_score(y, s >= 0.5)),
+        "acc": float(accuracy_score(y, s > 0.5)),
         "n": float(len(y)),
         "n_real": float((y == 0).sum()),
         "n_fake": float((y == 1).sum()),

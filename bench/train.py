@@ -28,7 +28,7 @@ from bench.adapter import Adapter
 from bench.backbone import compile_backbone, create_backbone, data_config, memory_format
 from bench.config import OptimConfig, RunConfig
 from bench.data.augment import Augment
-from bench.data.cards import load_card
+from bench.data.cards import Card, open_card
 from bench.data.catalog import redrawn, split_frames
 from bench.data.frames import Frame
 from bench.data.loader import FrameDataset, FrameLoader, StepSampler, eval_loader, group_indices, train_loader
@@ -85,19 +85,24 @@ def schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
 
 def load_splits(cfg: RunConfig) -> Splits:
     """Resolve the cards of ``cfg.data`` into frame lists (generating offline cards when needed)."""
-    card = redrawn(load_card(cfg.data.train), cfg.data.offline_seed)
-    if card.validation is None:
-        raise TrainingError(f"card {card.name} names no validation split, so it cannot be trained on")
-    root, n = cfg.data.root, cfg.data.frames_per_video
-    tests = {}
-    for name in cfg.data.test:
-        test_card = redrawn(load_card(name), cfg.data.offline_seed)
-        tests[test_card.name] = split_frames(test_card, "test", root, n)
-    train = split_frames(card, "train", root, n)
-    if cfg.data.synthesis != "none":
-        train = synthetic_split(train, cfg.data.synthesis)
-    methods = training_methods(card.methods, cfg.data.synthesis)
-    return Splits(methods, train, split_frames(card, card.validation, root, n), tests)
+    data = cfg.data
+
+    def card(name: str) -> Card:
+        return redrawn(open_card(name, data.deepfakebench), data.offline_seed)
+
+    train_card = card(data.train)
+    if train_card.validation is None:
+        raise TrainingError(f"card {train_card.name} names no validation split, so it cannot be trained on")
+
+    def frames(of: Card, split: str) -> list[Frame]:
+        return split_frames(of, split, data.root, data.frames_per_video, data.max_bad_fraction)
+
+    tests = {c.name: frames(c, "test") for c in map(card, data.test)}
+    train = frames(train_card, "train")
+    if data.synthesis != "none":
+        train = synthetic_split(train, data.synthesis)
+    methods = training_methods(train_card.methods, data.synthesis)
+    return Splits(methods, train, frames(train_card, train_card.validation), tests)
 
 
 def build_model(cfg: RunConfig, forgery_methods: list[str]) -> tuple[Adapter, dict]:
@@ -168,7 +173,8 @@ class Evaluator:
 
     def _loader(self, frames: list[Frame], perturbation: tuple[str, int] | None) -> FrameLoader:
         dataset = FrameDataset(distributed.shard(frames), self.size, self.mean, self.std, perturbation=perturbation)
-        workers = min(self.cfg.data.workers, 1) if len(frames) < 512 else self.cfg.data.workers
+        workers = self.cfg.data.loader_workers()
+        workers = min(workers, 1) if len(frames) < 512 else workers
         cuda = self.device.type == "cuda"
         return eval_loader(dataset, self.cfg.eval.batch_size, workers, cuda, self.cfg.data.max_bad_fraction)
 
@@ -277,7 +283,12 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     sampler = StepSampler(groups, micro, cfg.train.seed, step * accumulate, total * accumulate)
     rank_batches = distributed.RankSlice(sampler, rank, world)  # train.batch_size is the global batch
     loader = train_loader(
-        train_set, rank_batches, cfg.data.workers, cfg.train.seed, device.type == "cuda", cfg.data.max_bad_fraction
+        train_set,
+        rank_batches,
+        cfg.data.loader_workers(),
+        cfg.train.seed,
+        device.type == "cuda",
+        cfg.data.max_bad_fraction,
     )
     batches = iter(loader)
     loss_fn = distributed.loss_module(model, device)

@@ -22,7 +22,7 @@ def test_auc_ap_acc_match_sklearn_on_random_data() -> None:
     m = binary_metrics(labels, scores)
     assert m["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert m["ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
-    assert m["acc"] == pytest.approx(np.mean((scores >= 0.5) == labels))
+    assert m["acc"] == pytest.approx(np.mean((scores > 0.5) == labels))
     assert (m["n"], m["n_real"], m["n_fake"]) == (300, (labels == 0).sum(), (labels == 1).sum())
 
 
@@ -153,3 +153,12 @@ def test_delong_single_auc_variance_matches_hanley_mcneil_and_bootstrap() -> Non
 def test_delong_needs_two_of_each_class() -> None:
     with pytest.raises(ValueError, match="at least two real and two fake"):
         delong_test([0, 0, 1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+
+
+def test_a_score_of_exactly_one_half_is_real_as_in_deepfakebench() -> None:
+    """A tied head (equal logits) scores every frame 0.5: ACC is then the share of reals."""
+    import torch
+
+    tied = torch.softmax(torch.zeros(5, 2), dim=-1)[:, 1].numpy()
+    assert (tied == 0.5).all()
+    assert binary_metrics([0, 0, 0, 1, 1], tied)["acc"] == pytest.approx(0.6)

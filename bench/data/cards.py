@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ class Card:
         labels: ``deepfakebench``: label keys to read, as a list (labels from DeepfakeBench's ``label_dict``) or a
             mapping ``{key: 0|1}``.
         prefix_map: ``deepfakebench``: old frame-path prefix -> new one (relative ones hang from ``root``).
+        checkout: ``deepfakebench``: the DeepfakeBench checkout the card is read from (set by :func:`in_checkout`,
+            not in card files): frame paths written under another machine's ``datasets/rgb/`` move under its own.
     """
 
     name: str
@@ -52,6 +56,7 @@ class Card:
     compression: str | None = None
     labels: dict[str, int] | list[str] = field(default_factory=list)
     prefix_map: dict[str, str] = field(default_factory=dict)
+    checkout: str | None = None
 
     def __post_init__(self) -> None:
         check_name("card name", self.name)
@@ -98,6 +103,40 @@ class Card:
         return path if path.is_absolute() else Path(data_root) / path
 
 
+CHECKOUT_ENV = "DEEPFAKEBENCH"
+
+
+def checkout(value: str | None) -> Path | None:
+    """The DeepfakeBench checkout: ``value`` (``data.deepfakebench``), else ``$DEEPFAKEBENCH``, else none; it must
+    hold ``preprocessing/dataset_json/``."""
+    value = value or os.environ.get(CHECKOUT_ENV) or None
+    if value is None:
+        return None
+    root = Path(value).expanduser()
+    if not (root / "preprocessing" / "dataset_json").is_dir():
+        raise ConfigError(
+            f"DeepfakeBench checkout {root}: no preprocessing/dataset_json/ folder (set data.deepfakebench or "
+            f"${CHECKOUT_ENV} to the folder that holds DeepfakeBench's preprocessing/ and datasets/)"
+        )
+    return root
+
+
+def in_checkout(card: Card, root: Path | None) -> Card:
+    """A ``deepfakebench`` card read from a DeepfakeBench checkout: its relative ``index`` under
+    ``<root>/preprocessing/`` (where DeepfakeBench keeps ``dataset_json/``), its relative ``root`` under
+    ``<root>/datasets/rgb/``; absolute ones, other formats and ``root=None`` are left as they are."""
+    if root is None or card.format != "deepfakebench":
+        return card
+    index = Path(str(card.index)).expanduser()
+    frames = Path(card.root).expanduser()
+    return dataclasses.replace(
+        card,
+        index=str(index if index.is_absolute() else root / "preprocessing" / index),
+        root=str(frames if frames.is_absolute() else root / "datasets" / "rgb" / frames),
+        checkout=str(root),
+    )
+
+
 def card_path(name_or_path: str) -> Path:
     """A card file: an existing path, or ``datasets/<name>.yaml`` (in the working directory, then the project)."""
     path = Path(name_or_path)
@@ -119,3 +158,8 @@ def load_card(name_or_path: str) -> Card:
     data = read_yaml(path)
     data.setdefault("name", path.stem)
     return build_dataclass(Card, data, "card", str(path))
+
+
+def open_card(name_or_path: str, deepfakebench: str | None = None) -> Card:
+    """:func:`load_card`, read from the DeepfakeBench checkout ``deepfakebench`` (or ``$DEEPFAKEBENCH``) if any."""
+    return in_checkout(load_card(name_or_path), checkout(deepfakebench))

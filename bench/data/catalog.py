@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.config import ConfigError
 from bench.data.cards import Card
-from bench.data.deepfakebench import read_index, read_json
+from bench.data.deepfakebench import index_videos, read_index, read_json, suspicious_prefixes
 from bench.data.frames import REAL, Frame, sample_evenly
+
+log = logging.getLogger(__name__)
+DEFAULT_HINT = "check data.root, data.deepfakebench and the card's prefix_map"
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -22,6 +27,14 @@ def _images(folder: Path) -> list[Path]:
 def read_folder(split_dir: Path, frames_per_video: int) -> list[Frame]:
     """Frames of ``split_dir/real/<video>/*`` and ``split_dir/fake/<method>/<video>/*``; video ids are the folders'
     paths under ``split_dir``, unique by construction."""
+    frames = []
+    for method, label, video_id, images in folder_videos(split_dir):
+        frames += [Frame(str(images[i]), label, method, video_id) for i in sample_evenly(len(images), frames_per_video)]
+    return frames
+
+
+def folder_videos(split_dir: Path) -> list[tuple[str, int, str, list[Path]]]:
+    """``(method, label, video_id, images)`` of every video folder of a folder-layout split (images sorted)."""
     groups: list[tuple[str, int, Path]] = []
     real = split_dir / REAL
     if real.is_dir():
@@ -30,12 +43,7 @@ def read_folder(split_dir: Path, frames_per_video: int) -> list[Frame]:
     if fake.is_dir():
         for method in sorted(m for m in fake.iterdir() if m.is_dir()):
             groups += [(method.name, 1, v) for v in sorted(method.iterdir()) if v.is_dir()]
-    frames = []
-    for method, label, video in groups:
-        images = _images(video)
-        video_id = video.relative_to(split_dir).as_posix()
-        frames += [Frame(str(images[i]), label, method, video_id) for i in sample_evenly(len(images), frames_per_video)]
-    return frames
+    return [(method, label, video.relative_to(split_dir).as_posix(), _images(video)) for method, label, video in groups]
 
 
 def redrawn(card: Card, seed: int | None) -> Card:
@@ -54,24 +62,32 @@ def ensure_generated(card: Card, data_root: str | Path) -> Path:
     return generate(spec, card.location(data_root))
 
 
-def list_frames(card: Card, split: str, data_root: str | Path, frames_per_video: int) -> list[Frame]:
-    """The frames of one split of a card, as its data lists them; an empty or missing split is an error naming card
-    and split."""
+@dataclass
+class Listing:
+    """The frames of one split of a card, and the ids of the videos its data lists with no frame at all."""
+
+    frames: list[Frame]
+    empty: list[str]
+
+
+def list_frames(card: Card, split: str, data_root: str | Path, frames_per_video: int) -> Listing:
+    """The frames of one split of a card, as its data lists them; a split with no frames is an error naming card and
+    split."""
     if card.format == "deepfakebench":
-        frames = read_index(
+        videos = index_videos(
             read_json(card.index_path(data_root)),
             dataset=card.dataset,
             split=card.split_key(split),
             labels=card.label_map(),
             compression=card.compression,
-            prefix_map=card.prefix_map,
-            base=card.location(data_root),
-            frames_per_video=frames_per_video,
             where=f"card {card.name}",
         )
+        rgb = Path(card.checkout) / "datasets" / "rgb" if card.checkout else None
+        base = card.location(data_root)
+        frames = read_index(videos, prefix_map=card.prefix_map, base=base, frames_per_video=frames_per_video, rgb=rgb)
         if not frames:
             raise ConfigError(f"card {card.name}: split '{split}' has no videos in {card.index_path(data_root)}")
-        return frames
+        return Listing(frames, [video for _, _, video, listed in videos if not listed])
     split_dir = card.split_dir(split, data_root)
     if card.format == "offline":
         ensure_generated(card, data_root)
@@ -80,7 +96,7 @@ def list_frames(card: Card, split: str, data_root: str | Path, frames_per_video:
     frames = read_folder(split_dir, frames_per_video)
     if not frames:
         raise ConfigError(f"card {card.name}: split '{split}' has no frames under {split_dir}")
-    return frames
+    return Listing(frames, [video for _, _, video, images in folder_videos(split_dir) if not images])
 
 
 def examples(items: Sequence[str], shown: int = 3) -> str:
@@ -89,13 +105,26 @@ def examples(items: Sequence[str], shown: int = 3) -> str:
     return ", ".join(items[:shown]) + more
 
 
-def split_frames(card: Card, split: str, data_root: str | Path, frames_per_video: int) -> list[Frame]:
-    """:func:`list_frames`, failing at once (with the count and examples) when any listed frame does not exist."""
-    frames = list_frames(card, split, data_root, frames_per_video)
+def split_frames(
+    card: Card, split: str, data_root: str | Path, frames_per_video: int, max_bad_fraction: float = 0.01
+) -> list[Frame]:
+    """:func:`list_frames`, failing at once (with the count and examples) when any listed frame does not exist, or
+    when more than ``max_bad_fraction`` of the split's videos list no frames (fewer are named in a warning)."""
+    listing = list_frames(card, split, data_root, frames_per_video)
+    frames, empty = listing.frames, listing.empty
     missing = [f.path for f in frames if not os.path.exists(f.path)]
     if missing:
+        hint = "; ".join(suspicious_prefixes(card.prefix_map))
         raise ConfigError(
             f"card {card.name}: split '{split}': {len(missing)} of {len(frames)} frames do not exist, e.g. "
-            f"{examples(missing)} (check data.root and the card's prefix_map; `bench data check {card.name}`)"
+            f"{examples(missing)} ({hint or DEFAULT_HINT}; `bench data check {card.name}`)"
         )
+    if empty:
+        videos = len({f.video for f in frames}) + len(empty)
+        said = (
+            f"card {card.name}: split '{split}': {len(empty)} of {videos} videos list no frames, e.g. {examples(empty)}"
+        )
+        if len(empty) > max_bad_fraction * videos:
+            raise ConfigError(f"{said}, more than data.max_bad_fraction={max_bad_fraction} (extract their frames)")
+        log.warning("%s; they are left out", said)
     return frames

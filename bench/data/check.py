@@ -13,6 +13,7 @@ from PIL import Image
 from bench.config import ConfigError
 from bench.data.cards import Card
 from bench.data.catalog import examples, list_frames
+from bench.data.deepfakebench import suspicious_prefixes
 from bench.data.frames import Frame
 from bench.data.loader import UNREADABLE
 
@@ -39,6 +40,7 @@ class SplitCheck:
     counts: Counter[tuple[int, str]] = field(default_factory=Counter)
     videos: set[str] = field(default_factory=set)
     bad: dict[str, list[str]] = field(default_factory=dict)
+    empty: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -71,6 +73,8 @@ class CardCheck:
                 lines.append(f"    {'fake' if label else 'real'} {method}: {n}")
             for kind, paths in split.bad.items():
                 lines.append(f"    {kind} frames: {len(paths)}, e.g. {examples(paths)}")
+            if split.empty:
+                lines.append(f"    videos with no frames: {len(split.empty)}, e.g. {examples(split.empty)}")
         lines += [f"problem: {p}" for p in self.problems] or ["no problems found"]
         return "\n".join(lines)
 
@@ -78,10 +82,12 @@ class CardCheck:
 def _check_split(card: Card, split: str, data_root: str | Path, frames_per_video: int, workers: int) -> SplitCheck:
     result = SplitCheck(split)
     try:
-        frames: list[Frame] = list_frames(card, split, data_root, frames_per_video)
+        listing = list_frames(card, split, data_root, frames_per_video)
     except ConfigError as err:
         result.error = str(err)
         return result
+    frames: list[Frame] = listing.frames
+    result.empty = listing.empty
     result.counts = Counter((f.label, f.method) for f in frames)
     result.videos = {f.video for f in frames}
     with ThreadPoolExecutor(max(1, workers)) as pool:  # decoding releases the GIL
@@ -95,6 +101,10 @@ def _problems(card: Card, splits: list[SplitCheck]) -> list[str]:
     problems = [s.error for s in splits if s.error]
     for split in (s for s in splits if not s.error):
         problems += [f"split {split.name}: {len(paths)} {kind} frames" for kind, paths in split.bad.items()]
+        if split.empty:
+            problems.append(
+                f"split {split.name}: {len(split.empty)} videos list no frames (extract them, or drop them)"
+            )
         if len({label for label, _ in split.counts}) < 2:
             problems.append(f"split {split.name}: only one class, so AUC is undefined")
         if split.name == "train":
@@ -124,6 +134,8 @@ def check_card(card: Card, data_root: str | Path, frames_per_video: int, workers
     """
     splits = [_check_split(card, name, data_root, frames_per_video, workers) for name in card.splits]
     problems = _problems(card, splits)
+    if any("missing" in s.bad for s in splits):
+        problems += suspicious_prefixes(card.prefix_map)
     if card.format == "offline":
         from bench.data.offline import verify
 

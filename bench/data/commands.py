@@ -13,10 +13,10 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bench.data.cards import load_card
+    from bench.data.cards import open_card
     from bench.data.check import check_card
 
-    result = check_card(load_card(args.card), args.root, args.frames_per_video, args.workers)
+    result = check_card(open_card(args.card, args.deepfakebench), args.root, args.frames_per_video, args.workers)
     print(result.render())
     return EXIT_FAILED if result.problems else EXIT_OK
 
@@ -49,11 +49,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.data.cards import load_card
+    from bench.data.cards import open_card
     from bench.data.catalog import split_frames
     from bench.data.speed import loader_speed
 
-    card = load_card(args.card)
+    card = open_card(args.card, args.deepfakebench)
     split = args.split or ("train" if "train" in card.splits else next(iter(card.splits)))
     frames = split_frames(card, split, args.root, args.frames_per_video)
     print(f"{card.name} {split}: {len(frames)} frames at {args.size} px, batch {args.batch_size}")
@@ -66,6 +66,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_checkout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--deepfakebench",
+        metavar="DIR",
+        help="a DeepfakeBench checkout to read its cards from (default: $DEEPFAKEBENCH)",
+    )
+
+
 def add_data_commands(data_sub: argparse._SubParsersAction) -> None:
     """Add ``check``, ``prepare`` and ``bench`` to the ``bench data`` subparsers (handler in ``data_handler``)."""
     defaults = DataConfig()
@@ -74,6 +82,7 @@ def add_data_commands(data_sub: argparse._SubParsersAction) -> None:
     check.add_argument("--root", default=defaults.root, help="data root")
     check.add_argument("--frames-per-video", type=int, default=defaults.frames_per_video, help="frames a run takes")
     check.add_argument("--workers", type=int, default=4, help="threads decoding frames")
+    add_checkout_option(check)
     check.set_defaults(data_handler=cmd_check)
 
     prep = data_sub.add_parser("prepare", help="raw videos to face crops in the folder layout plus an index")
@@ -94,7 +103,10 @@ def add_data_commands(data_sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--frames-per-video", type=int, default=defaults.frames_per_video)
     bench.add_argument("--size", type=int, default=224, help="input size")
     bench.add_argument("--batch-size", type=int, default=64)
-    bench.add_argument("--workers", type=int, nargs="+", default=[0, defaults.workers], help="one run per value")
+    bench.add_argument(
+        "--workers", type=int, nargs="+", default=[0, defaults.loader_workers()], help="one run per value"
+    )
+    add_checkout_option(bench)
     bench.add_argument("--batches", type=int, default=None, help="stop after this many batches")
     bench.add_argument("--pin", action="store_true", help="pinned memory (as on CUDA)")
     bench.set_defaults(data_handler=cmd_bench)

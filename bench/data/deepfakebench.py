@@ -117,31 +117,17 @@ def _videos(node: Any, compression: str | None, where: str) -> dict[str, Any]:
     return node
 
 
-def read_index(
+def index_videos(
     index: dict[str, Any],
     *,
     dataset: str | None,
     split: str,
     labels: Mapping[str, int],
     compression: str | None,
-    prefix_map: Mapping[str, str],
-    base: Path,
-    frames_per_video: int,
     where: str,
-) -> list[Frame]:
-    """Frames of one split of a parsed index.
-
-    Args:
-        index: the parsed JSON.
-        dataset: top-level key (``None``: the only one there is).
-        split: ``train``, ``val`` or ``test`` as named in the index.
-        labels: label keys to read -> 0 real / 1 fake; the key of a fake becomes its forgery method.
-        compression: ``c23``, ``c40`` or ``raw`` for the FaceForensics++ family.
-        prefix_map: old path prefix -> new prefix.
-        base: folder that relative frame paths hang from.
-        frames_per_video: evenly spaced frames taken per video.
-        where: names the card in error messages.
-    """
+) -> list[tuple[str, int, str, list[str]]]:
+    """``(label_key, label, video_id, frame_paths)`` of every video one split of a parsed index lists, its frame
+    paths as written (unmapped, unsorted; empty for a video whose frames were never extracted)."""
     if dataset is None:
         if len(index) != 1:
             raise ConfigError(f"{where}: the index holds {', '.join(index)}; set 'dataset' to one of them")
@@ -149,7 +135,7 @@ def read_index(
     if dataset not in index:
         raise ConfigError(f"{where}: dataset {dataset!r} not in the index; it has {', '.join(index)}")
     groups = index[dataset]
-    frames: list[Frame] = []
+    videos = []
     for key, label in labels.items():
         if key not in groups:
             raise ConfigError(f"{where}: label key {key!r} not in the index; it has {', '.join(groups)}")
@@ -159,10 +145,60 @@ def read_index(
         for video, record in _videos(groups[key][split], compression, at).items():
             if not isinstance(record, dict) or not isinstance(record.get("frames"), list):
                 raise ConfigError(f"{at}: entry {video!r} is not a video record with a 'frames' list")
-            paths = sorted((map_prefix(p, prefix_map) for p in record["frames"]), key=_frame_order)
-            method = REAL if label == 0 else key
-            frames += [
-                Frame(str(base / paths[i]), label, method, f"{key}/{video}")
-                for i in sample_evenly(len(paths), frames_per_video)
-            ]
+            videos.append((key, label, f"{key}/{video}", record["frames"]))
+    return videos
+
+
+def read_index(
+    videos: list[tuple[str, int, str, list[str]]],
+    *,
+    prefix_map: Mapping[str, str],
+    base: Path,
+    frames_per_video: int,
+    rgb: Path | None = None,
+) -> list[Frame]:
+    """The frames of the videos of :func:`index_videos`.
+
+    Args:
+        videos: what :func:`index_videos` lists; the key of a fake becomes its forgery method.
+        prefix_map: old path prefix -> new prefix.
+        base: folder that relative frame paths hang from.
+        frames_per_video: evenly spaced frames taken per video.
+        rgb: a DeepfakeBench checkout's ``datasets/rgb``: paths that another machine wrote under its own
+            ``.../datasets/rgb/`` (and that ``prefix_map`` does not map) move under this one.
+    """
+    frames: list[Frame] = []
+    for key, label, video, listed in videos:
+        paths = sorted((relocate(p, prefix_map, rgb) for p in listed), key=_frame_order)
+        method = REAL if label == 0 else key
+        frames += [
+            Frame(str(base / paths[i]), label, method, video) for i in sample_evenly(len(paths), frames_per_video)
+        ]
     return frames
+
+
+RGB = "/datasets/rgb/"
+
+
+def relocate(path: str, prefix_map: Mapping[str, str], rgb: Path | None) -> str:
+    """:func:`map_prefix`; then, with a checkout's ``rgb`` folder and no prefix of ``prefix_map`` matching, an
+    absolute path under another machine's ``.../datasets/rgb/`` moves under ``rgb``, and a ``./`` path (relative to
+    the checkout, as DeepfakeBench reads it) hangs from the checkout."""
+    mapped = map_prefix(path, prefix_map)
+    if rgb is None or mapped != path.replace("\\", "/"):
+        return mapped
+    if mapped.startswith("/") and RGB in mapped:
+        return str(rgb / mapped.split(RGB, 1)[1])
+    if mapped.startswith("./"):
+        return str(rgb.parent.parent / mapped[2:])
+    return mapped
+
+
+def suspicious_prefixes(prefix_map: Mapping[str, str]) -> list[str]:
+    """The entries of ``prefix_map`` that leave a separator at the start of the rest (``{"/old/rgb": ""}`` maps
+    ``/old/rgb/a.png`` to ``/a.png``): one prefix ends with ``/`` and the other does not."""
+    return [
+        f"the prefix map {old!r} -> {new!r} looks wrong (one ends with '/', the other does not)"
+        for old, new in prefix_map.items()
+        if old.replace("\\", "/").endswith("/") != (new.endswith("/") or new == "")
+    ]
