@@ -8,7 +8,7 @@ adapter, never in the loop.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,16 @@ class Adapter(nn.Module):
         other = [p for _, p in self.trainable_parameters() if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
+
+    def prepare(self, batches: Callable[[int], Iterator[dict[str, Tensor]]], saved: dict[str, Any] | None) -> None:
+        """Set-up that needs data, once, before the optimizer is built (default: none).
+
+        Args:
+            batches: ``batches(n)`` yields ``n`` training batches (``image``, ``label``, ``method`` on the model's
+                device), drawn apart from the training stream.
+            saved: the :meth:`checkpoint_state` a resumed run will load, whose choices must be reused, not made
+                again; ``None`` on a fresh start.
+        """
 
     def before_optimizer_step(self, step: int) -> None:
         """Called after the backward pass(es), before clipping and the optimizer step (e.g. to mask gradients)."""

@@ -297,7 +297,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     names = list_methods(args.pattern)
     width = max((len(n) for n in names), default=0)
     for name in names:
-        print(f"{name:<{width}}  {get_method(name).summary}")
+        method = get_method(name)
+        print(f"{name:<{width}}  {method.summary}" + (f" ({method.limits})" if method.limits else ""))
     return 0
 
 
@@ -313,6 +314,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     for name in args.method or list_methods():
         with torch.device("meta"):  # shapes only: no memory, no weights, no compute
             model = get_method(name).apply(create_backbone(cfg))
+            model.prepare(lambda n: iter(()), None)  # no data: a choice made from data takes its first candidates
         head = {id(p) for p in model.backbone.get_classifier().parameters()}
         trainable = [p for _, p in model.trainable_parameters()]
         backbone = sum(p.numel() for p in trainable if id(p) not in head)
@@ -320,7 +322,7 @@ def cmd_params(args: argparse.Namespace) -> int:
         rows.append((name, f"{backbone:,}", f"{sum(p.numel() for p in trainable):,}", f"{total:,}"))
     header = ("method", "trainable (backbone)", "trainable (with head)", "total")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    print(f"backbone: {args.backbone}")
+    print(f"backbone: {args.backbone} (methods that choose layers from data show their first candidates)")
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     return 0

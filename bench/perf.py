@@ -55,6 +55,12 @@ DEFAULT_METHODS = (
     "masm:routing=none:dense=true",
     "masm:routing=none:targets=all",
     "masm:routing=none:targets=all:dense=true",
+    "dora",
+    "pissa",
+    "osf",
+    "oft",
+    "ln-tuning",
+    "bitfit",
 )
 REFERENCE = "full-ft"
 PROFILE_STEPS = 3

@@ -22,13 +22,15 @@ Builder = Callable[[nn.Module, Any], Adapter]
 
 @dataclass(frozen=True)
 class Method:
-    """A registered strategy: a builder, its options dataclass and preset overrides (for named ablations)."""
+    """A registered strategy: a builder, its options dataclass, preset overrides (for named ablations) and, for a
+    method that cannot adapt every backbone, what it cannot (its builder then raises ``ValueError`` saying so)."""
 
     name: str
     summary: str
     options: type
     build: Builder
     preset: dict[str, Any] = field(default_factory=dict)
+    limits: str = ""
 
     def resolve(self, overrides: dict[str, Any] | None = None, forgery_methods: list[str] | None = None) -> Any:
         """The options dataclass with the preset, then ``overrides``, applied and checked.
@@ -54,20 +56,24 @@ class Method:
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, options: type, summary: str, **preset: Any) -> Callable[[Builder], Builder]:
+def register_method(
+    name: str, options: type, summary: str, limits: str = "", **preset: Any
+) -> Callable[[Builder], Builder]:
     """Decorator registering ``build(backbone, options) -> Adapter`` under ``name``; duplicates are an error."""
 
     def decorator(build: Builder) -> Builder:
-        add_method(Method(name, summary, options, build, dict(preset)))
+        add_method(Method(name, summary, options, build, dict(preset), limits))
         return build
 
     return decorator
 
 
-def register_variant(name: str, base: str, summary: str, **preset: Any) -> None:
+def register_variant(name: str, base: str, summary: str, limits: str = "", **preset: Any) -> None:
     """Register a named ablation: ``base``'s builder with some options fixed (e.g. ``masm/no-mask``)."""
     parent = get_method(base)
-    add_method(Method(name, summary, parent.options, parent.build, {**parent.preset, **preset}))
+    add_method(
+        Method(name, summary, parent.options, parent.build, {**parent.preset, **preset}, limits or parent.limits)
+    )
 
 
 def add_method(method: Method) -> None:

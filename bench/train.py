@@ -12,7 +12,7 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,8 @@ LAST, BEST = "last.pt", "best.pt"
 
 logger = logging.getLogger(__name__)
 ROBUST_METRICS = ("auc", "eer", "video_auc")
+PREPARATION_SEED = 1_000_003
+"""Offsets the sampler seed of :meth:`Adapter.prepare`'s batches from the training stream's."""
 
 
 class TrainingError(RuntimeError):
@@ -256,7 +258,6 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     splits = load_splits(cfg)
     model, data = build_model(cfg, splits.methods)
     model.to(device, memory_format=memory_format(model))  # speed only: the same run id either way
-    compile_backbone(model.backbone, cfg.train.compile)
 
     size, mean, std = data["input_size"][-1], data["mean"], data["std"]
     augment = Augment(cfg.data.augment)
@@ -268,13 +269,23 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(splits.train) / (micro * accumulate))
     total = cfg.train.epochs * steps_per_epoch
 
-    optimizer = build_optimizer(model, cfg.optim, device)
-    scheduler = LambdaLR(optimizer, schedule(cfg.optim.schedule, cfg.optim.warmup_steps, total))
-    step, best, history = 0, {"value": -math.inf, "step": 0}, []
     if rank == 0:
         for stale in checkpoint.remove_stale_temporaries(run_dir, (LAST, BEST)):
             logger.warning("removed %s, left by a writer that died mid-write", stale)
     state = checkpoint.load_latest(run_dir / LAST, warn=logger.warning)
+
+    def preparation(n: int) -> Iterator[dict[str, torch.Tensor]]:
+        """``n`` training batches from a stream of their own (the training stream stays as it is)."""
+        sampler = StepSampler(groups, micro, cfg.train.seed + PREPARATION_SEED, 0, n)
+        for batch in train_loader(train_set, sampler, 0, cfg.train.seed, False, cfg.data.max_bad_fraction):
+            yield {k: batch[k].to(device) for k in ("image", "label", "method")}
+
+    model.prepare(preparation, None if state is None else state["model"])
+    model.to(device, memory_format=memory_format(model))  # what preparation added
+    compile_backbone(model.backbone, cfg.train.compile)
+    optimizer = build_optimizer(model, cfg.optim, device)
+    scheduler = LambdaLR(optimizer, schedule(cfg.optim.schedule, cfg.optim.warmup_steps, total))
+    step, best, history = 0, {"value": -math.inf, "step": 0}, []
     if state is not None:
         step, best, history = _restore_state(state, model, optimizer, scheduler)
         log({"resume_step": float(step)}, step)

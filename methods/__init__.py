@@ -4,6 +4,6 @@ A module that needs an optional dependency imports it inside its builder, so a m
 that method.
 """
 
-from methods import effort, full_ft, linear_probe, lora, masm
+from methods import bitfit, effort, fmsd, full_ft, linear_probe, ln_tuning, lora, masm, oft, osf
 
-__all__ = ["effort", "full_ft", "linear_probe", "lora", "masm"]
+__all__ = ["bitfit", "effort", "fmsd", "full_ft", "linear_probe", "ln_tuning", "lora", "masm", "oft", "osf"]

@@ -1,20 +1,22 @@
-"""LoRA through PEFT on the same target modules as the SVD methods, with rank matched to K * r."""
+"""LoRA through PEFT on the same target modules as the SVD methods, with rank matched to K * r; DoRA and PiSSA are
+LoRA with PEFT's ``use_dora`` and ``init_lora_weights="pissa"``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.diagnostics import weight_report
-from bench.registry import register_method
+from bench.config import check_choice
+from bench.registry import register_method, register_variant
 from methods.masm import DEFAULT_K
+from methods.peft_tuning import PeftAdapter, linear_only
 from methods.svd_layer import resolve_targets
+
+INITS = {"default": True, "pissa": "pissa"}
+"""``init`` -> PEFT's ``init_lora_weights``: A random and B zero, or both from the principal singular directions
+(the base weight then holds the residual, so the output at initialisation is unchanged)."""
 
 
 @dataclass
@@ -26,71 +28,55 @@ class LoRAOptions:
         alpha: scaling numerator (``lora_alpha``); the update is scaled by alpha / rank.
         dropout: dropout on the LoRA branch's input.
         targets: a preset or regex, as for MASM (``auto``: attention for ViTs, projections for EfficientNets).
+        dora: weight-decomposed LoRA (``use_dora``): a trainable magnitude per output, LoRA on the direction.
+        init: ``default`` or ``pissa`` (see :data:`INITS`).
     """
 
     rank: int | None = None
     alpha: float = 8.0
     dropout: float = 0.0
     targets: str = "auto"
+    dora: bool = False
+    init: str = "default"
+
+    def __post_init__(self) -> None:
+        check_choice("method.options.init", self.init, tuple(INITS))
 
     def bind(self, forgery_methods: list[str]) -> None:
         if self.rank is None:
             self.rank = len(forgery_methods) or DEFAULT_K
 
 
-class LoRA(Adapter):
-    """PEFT's LoRA layers injected in place; the base weights are frozen, the adapters and the head train.
-
-    Evaluation runs merged weights (PEFT's ``merge``), at the plain backbone's cost. On exit the base weights are
-    restored from a copy rather than by subtracting the update again, so no rounding drift builds up over many
-    validations.
-    """
+class LoRA(PeftAdapter):
+    """PEFT's LoRA layers in place; the base weights are frozen, the adapters and the head train."""
 
     def __init__(self, backbone: nn.Module, options: LoRAOptions) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
-        from peft.tuners.lora import LoraLayer
+        from peft import LoraConfig
 
-        super().__init__(backbone)
-        rank = options.rank or DEFAULT_K
+        rank, targets = options.rank or DEFAULT_K, resolve_targets(backbone, options.targets)
+        if options.init == "pissa":
+            linear_only(backbone, targets, "pissa")
         config = LoraConfig(
             r=rank,
             lora_alpha=options.alpha,
             lora_dropout=options.dropout,
-            target_modules=resolve_targets(backbone, options.targets),
+            target_modules=targets,
+            use_dora=options.dora,
+            init_lora_weights=INITS[options.init],
         )
-        backbone.requires_grad_(False)
-        inject_adapter_in_model(config, backbone)
-        self.lora_layers = {n: m for n, m in backbone.named_modules() if isinstance(m, LoraLayer)}
-        for layer in self.lora_layers.values():
-            for adapter in (layer.lora_A, layer.lora_B):
-                adapter.requires_grad_(True)
-        backbone.get_classifier().requires_grad_(True)
-
-    @contextmanager
-    def evaluating(self) -> Iterator[None]:
-        with super().evaluating():
-            layers = list(self.lora_layers.values())
-            pristine = [m.get_base_layer().weight.clone() for m in layers]
-            try:
-                for m in layers:
-                    m.merge()
-                yield
-            finally:
-                for m, weight in zip(layers, pristine, strict=True):
-                    if m.merged:
-                        m.unmerge()
-                    m.get_base_layer().weight.copy_(weight)
-
-    @torch.no_grad()
-    def diagnostics(self, folder: Path) -> dict[str, float]:
-        named = {
-            n: (m.get_base_layer().weight, m.get_base_layer().weight + m.get_delta_weight("default"))
-            for n, m in self.lora_layers.items()
-        }
-        scalars, _ = weight_report(named)
-        return scalars
+        super().__init__(backbone, config)
 
 
 @register_method("lora", LoRAOptions, "PEFT LoRA on the SVD methods' target modules, rank K*r")
 def build(backbone: nn.Module, options: LoRAOptions) -> Adapter:
     return LoRA(backbone, options)
+
+
+register_variant("dora", "lora", "PEFT DoRA: LoRA on the direction plus a trainable magnitude per output", dora=True)
+register_variant(
+    "pissa",
+    "lora",
+    "PEFT PiSSA: LoRA started on the principal singular directions",
+    limits="Linear targets only: PEFT's PiSSA initialisation has no convolution",
+    init="pissa",
+)

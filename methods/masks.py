@@ -63,7 +63,7 @@ class GradStats:
     def __init__(self, layers: int, subspaces: int, decay: float) -> None:
         self.decay = decay
         self.mean: dict[tuple[int, int], Tensor] = {}
-        self.sq = torch.zeros(layers, subspaces, dtype=torch.float64)
+        self.sq = torch.zeros(layers, subspaces, dtype=torch.float64, device="cpu")  # even under a meta device
 
     def update(self, layer: int, subspace: int, grad: Tensor) -> None:
         g = grad.detach().flatten().double()

@@ -132,23 +132,29 @@ class MASM(Adapter):
     loss_ema: Tensor
     active: Tensor
 
-    def __init__(self, backbone: nn.Module, options: MASMOptions) -> None:
+    def __init__(self, backbone: nn.Module, options: MASMOptions, decompose: bool = True) -> None:
         super().__init__(backbone)
         self.options = options
         self.K = options.K or DEFAULT_K
         backbone.requires_grad_(False)
-        targets = resolve_targets(backbone, options.targets)
-        inject(backbone, targets, self.K, options.r, options.split_qkv, options.dense, svd_cache())
         backbone.get_classifier().requires_grad_(True)
-        named = list(subspace_layers(backbone))
+        self.decompose(resolve_targets(backbone, options.targets) if decompose else [])
+
+    def decompose(self, targets: str | list[str]) -> None:
+        """Wrap the ``targets`` (a regex, or exact module names) in subspace layers and (re)build the state that
+        follows the layers (mask, EMAs, gradient statistics)."""
+        o = self.options
+        if targets:
+            inject(self.backbone, targets, self.K, o.r, o.split_qkv, o.dense, svd_cache())
+        named = list(subspace_layers(self.backbone))
         self.layer_names = [n for n, _ in named]
         self.layers: list[SubspaceLayer] = [m for _, m in named]
         L = len(self.layers)
         self.register_buffer("mask", torch.ones(L, self.K, dtype=torch.bool))
         self.register_buffer("loss_ema", torch.full((self.K,), float("nan")))
         self.history: list[Tensor] = []
-        self.grad_stats = masks.GradStats(L, self.K, options.ema)
-        self.generator = torch.Generator().manual_seed(options.seed)
+        self.grad_stats = masks.GradStats(L, self.K, o.ema)
+        self.generator = torch.Generator().manual_seed(o.seed)
         self.register_buffer("active", torch.zeros(self.K, dtype=torch.bool), persistent=False)  # routed since step
 
     def route(self, methods: Tensor) -> Tensor | None:
@@ -175,10 +181,10 @@ class MASM(Adapter):
         self._update_loss_ema((per_sample.detach()[:, None] * weights).sum(0) / counts.clamp_min(1), seen)
         loss = ce
         with torch.autocast(images.device.type, enabled=False):  # constraints in the factors' precision, never bf16
-            if self.options.orth != "none":
+            if self.options.orth != "none" and stacks:
                 parts["orth"] = torch.cat([ORTH[self.options.orth](s) for s in stacks]).mean()
                 loss = loss + self.options.lambda_orth * parts["orth"]
-            if self.options.spectral != "none":
+            if self.options.spectral != "none" and stacks:
                 parts["spec"] = torch.cat([SPECTRAL[self.options.spectral](s) for s in stacks]).mean()
                 loss = loss + self.options.lambda_spec * parts["spec"]
         return loss, {k: v.detach() for k, v in parts.items()}
@@ -239,6 +245,8 @@ class MASM(Adapter):
     @torch.no_grad()
     def drift(self) -> Tensor:
         """(layers, K) relative drift ``||dW_lk||_F / ||W_l||_F`` of each subspace's term since injection."""
+        if not self.layers:
+            return torch.zeros(0, self.K)
         return torch.stack(
             [
                 torch.stack([m.delta_weight(k).norm() for k in range(self.K)]) / m.pretrained_weight().norm()

@@ -145,24 +145,24 @@ def test_lora_is_peft_on_the_same_targets_with_matched_rank() -> None:
 
     lora = get_method("lora").apply(create_backbone(VIT, seed=0))
     effort = get_method("masm").apply(create_backbone(VIT, seed=0), K=4, r=1)
-    assert set(lora.lora_layers) == set(effort.layer_names)
-    assert all(isinstance(m, LoraLayer) and m.r["default"] == 4 for m in lora.lora_layers.values())
+    assert set(lora.tuned) == set(effort.layer_names)
+    assert all(isinstance(m, LoraLayer) and m.r["default"] == 4 for m in lora.tuned.values())
 
 
 def test_lora_evaluates_merged_and_restores_its_base_weights_exactly() -> None:
     lora = get_method("lora").apply(create_backbone(VIT, seed=0))
     with torch.no_grad():
-        for layer in lora.lora_layers.values():
+        for layer in lora.tuned.values():
             layer.lora_B["default"].weight.normal_(0, 0.3)  # B starts at zero: give the update a size
-    base = {n: m.get_base_layer().weight.clone() for n, m in lora.lora_layers.items()}
+    base = {n: m.get_base_layer().weight.clone() for n, m in lora.tuned.items()}
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     lora.eval()
     with torch.no_grad():
         unmerged = lora(images)
     for _ in range(20):
         with lora.evaluating():
-            assert all(m.merged for m in lora.lora_layers.values())
+            assert all(m.merged for m in lora.tuned.values())
             merged = lora(images)
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
-    assert not any(m.merged for m in lora.lora_layers.values())
-    assert all(torch.equal(m.get_base_layer().weight, base[n]) for n, m in lora.lora_layers.items())
+    assert not any(m.merged for m in lora.tuned.values())
+    assert all(torch.equal(m.get_base_layer().weight, base[n]) for n, m in lora.tuned.items())

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.adapter import Adapter
 from bench.backbone import create_backbone
 from bench.config import ModelConfig
 from bench.registry import get_method, list_methods
+from methods.peft_tuning import UnsupportedBackbone
 
 BACKBONES = {
     "vit": ModelConfig(name="test_vit", pretrained=False, img_size=32),
@@ -21,6 +23,15 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     methods = torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1])
     return images, labels, methods
+
+
+def _apply(name: str, cfg: ModelConfig, seed: int = 0) -> Adapter:
+    """The method on the backbone, or a skip where its registration says it cannot adapt this one."""
+    try:
+        return get_method(name).apply(create_backbone(cfg, seed=seed))
+    except UnsupportedBackbone as err:
+        assert get_method(name).limits, f"{name} refused a backbone without saying so in its registration: {err}"
+        pytest.skip(f"{name}: {get_method(name).limits}")
 
 
 def _step(model: torch.nn.Module) -> None:
@@ -41,7 +52,7 @@ def model_cfg(request: pytest.FixtureRequest) -> ModelConfig:
 
 @pytest.mark.parametrize("name", list_methods())
 def test_outputs_finite_and_two_class(name: str, model_cfg: ModelConfig) -> None:
-    model = get_method(name).apply(create_backbone(model_cfg, seed=0))
+    model = _apply(name, model_cfg, 0)
     with model.evaluating():
         logits = model(_batch()[0])
     assert logits.shape == (8, 2) and torch.isfinite(logits).all()
@@ -49,7 +60,7 @@ def test_outputs_finite_and_two_class(name: str, model_cfg: ModelConfig) -> None
 
 @pytest.mark.parametrize("name", list_methods())
 def test_only_declared_parameters_change(name: str, model_cfg: ModelConfig) -> None:
-    model = get_method(name).apply(create_backbone(model_cfg, seed=0))
+    model = _apply(name, model_cfg, 0)
     declared = {n for n, _ in model.trainable_parameters()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     _step(model)
@@ -60,7 +71,7 @@ def test_only_declared_parameters_change(name: str, model_cfg: ModelConfig) -> N
 
 @pytest.mark.parametrize("name", list_methods())
 def test_declared_count_equals_counted(name: str, model_cfg: ModelConfig) -> None:
-    model = get_method(name).apply(create_backbone(model_cfg, seed=0))
+    model = _apply(name, model_cfg, 0)
     counted = sum(p.numel() for p in model.parameters() if p.requires_grad)
     grouped = sum(p.numel() for g in model.param_groups(0.1) for p in g["params"])
     assert model.num_trainable() == counted == grouped > 0
@@ -69,7 +80,7 @@ def test_declared_count_equals_counted(name: str, model_cfg: ModelConfig) -> Non
 @pytest.mark.parametrize("name", list_methods())
 def test_identity_at_initialisation(name: str, model_cfg: ModelConfig) -> None:
     reference = create_backbone(model_cfg, seed=3).eval()
-    model = get_method(name).apply(create_backbone(model_cfg, seed=3))
+    model = _apply(name, model_cfg, 3)
     images = _batch(1)[0]
     with torch.no_grad():
         expected = reference(images)
@@ -80,13 +91,20 @@ def test_identity_at_initialisation(name: str, model_cfg: ModelConfig) -> None:
 
 @pytest.mark.parametrize("name", list_methods())
 def test_checkpoint_round_trip(name: str, model_cfg: ModelConfig) -> None:
-    model = get_method(name).apply(create_backbone(model_cfg, seed=0))
+    model = _apply(name, model_cfg, 0)
     _step(model)
     state = model.checkpoint_state()
-    fresh = get_method(name).apply(create_backbone(model_cfg, seed=0))  # same frozen weights, untrained
+    fresh = _apply(name, model_cfg, 0)  # same frozen weights, untrained
     images = _batch(2)[0]
     with fresh.evaluating(), model.evaluating():
         assert not torch.equal(fresh(images), model(images))
     fresh.load_checkpoint_state(state)
     with model.evaluating(), fresh.evaluating():
         torch.testing.assert_close(fresh(images), model(images), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if get_method(n).limits])
+def test_a_method_that_cannot_adapt_a_backbone_says_so_in_one_line(name: str) -> None:
+    with pytest.raises(UnsupportedBackbone, match=f"method {name.split('/')[0]} adapts") as err:
+        get_method(name).apply(create_backbone(BACKBONES["cnn"], seed=0))
+    assert "\n" not in str(err.value)

@@ -1,0 +1,52 @@
+"""OSF through PEFT (orthogonal subspace fine-tuning): each target weight's top singular directions are frozen and
+the remaining ``rank`` directions train, as factors. The closest relative of Effort in PEFT (Effort trains the
+residual of the smallest singular directions at rank 1)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from bench.adapter import Adapter
+from bench.registry import register_method
+from methods.masm import DEFAULT_K
+from methods.peft_tuning import PeftAdapter, linear_only
+from methods.svd_layer import resolve_targets
+
+
+@dataclass
+class OSFOptions:
+    """PEFT ``OSFConfig`` settings.
+
+    Attributes:
+        rank: trainable directions per target weight (``effective_rank`` is the rest); ``None`` matches MASM's K * r.
+        targets: a preset or regex, as for MASM.
+    """
+
+    rank: int | None = None
+    targets: str = "auto"
+
+    def bind(self, forgery_methods: list[str]) -> None:
+        if self.rank is None:
+            self.rank = len(forgery_methods) or DEFAULT_K
+
+
+@register_method(
+    "osf",
+    OSFOptions,
+    "PEFT OSF: top singular directions frozen, the K*r smallest train",
+    limits="Linear targets only: PEFT's OSF has no convolution",
+)
+def build(backbone: nn.Module, options: OSFOptions) -> Adapter:
+    from peft import OSFConfig
+
+    targets = resolve_targets(backbone, options.targets)
+    linear_only(backbone, targets, "osf")
+    rank = options.rank or DEFAULT_K
+    kept = {  # per module: what stays frozen, so that exactly ``rank`` directions train
+        f"^{re.escape(n)}$": min(m.weight.shape) - rank for n, m in backbone.named_modules() if re.fullmatch(targets, n)
+    }
+    config = OSFConfig(target_modules=targets, rank_pattern=kept, effective_rank=None)
+    return PeftAdapter(backbone, config, merge=False)  # its forward rebuilds the weight; PEFT cannot unmerge it
