@@ -37,10 +37,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff lint and format check."""
-    session.install("ruff>=0.6")
+    """ruff lint and format check, and mypy on the engine and the methods (against the installed packages)."""
+    _install(session, "lint")
     session.run("ruff", "check", "bench", "methods", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "bench", "methods", "tests", "noxfile.py")
+    session.run("mypy", "bench", "methods")
 
 
 @nox.session(python=PYTHON)

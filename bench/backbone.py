@@ -72,9 +72,18 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def classifier(model: nn.Module) -> nn.Module:
+    """The model's two-class head (timm's ``get_classifier``)."""
+    head = getattr(model, "get_classifier")()  # noqa: B009 - typed as a tensor-or-module attribute otherwise
+    if not isinstance(head, nn.Module):
+        raise TypeError(f"{type(model).__name__}.get_classifier() returned {type(head).__name__}, not a module")
+    return head
+
+
 def _head_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
     """Number of classes of the head stored in ``state`` (0 when the file holds no head)."""
-    head = model.pretrained_cfg.get("classifier")
+    pretrained_cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {})
+    head = pretrained_cfg.get("classifier")
     heads = head if isinstance(head, list | tuple) else [head]
     for name in heads:
         weight = state.get(f"{name}.weight") if name else None
@@ -136,7 +145,7 @@ def create_backbone(cfg: ModelConfig, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)  # random initialisation (head, or all of an unpretrained model) follows the seed
         model = _pretrained(cfg) if cfg.pretrained else _create(arch, cfg, pretrained=False)
         torch.manual_seed(seed)
-        model.reset_classifier(NUM_CLASSES)
+        getattr(model, "reset_classifier")(NUM_CLASSES)  # noqa: B009 - timm's, untyped on nn.Module
     return model
 
 

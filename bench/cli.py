@@ -305,7 +305,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.backbone import create_backbone
+    from bench.backbone import classifier, create_backbone
     from bench.config import ModelConfig
     from bench.registry import get_method, list_methods
 
@@ -315,7 +315,7 @@ def cmd_params(args: argparse.Namespace) -> int:
         with torch.device("meta"):  # shapes only: no memory, no weights, no compute
             model = get_method(name).apply(create_backbone(cfg))
             model.prepare(lambda n: iter(()), None)  # no data: a choice made from data takes its first candidates
-        head = {id(p) for p in model.backbone.get_classifier().parameters()}
+        head = {id(p) for p in classifier(model.backbone).parameters()}
         trainable = [p for _, p in model.trainable_parameters()]
         backbone = sum(p.numel() for p in trainable if id(p) not in head)
         total = sum(p.numel() for p in model.parameters())

@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from bench.adapter import Adapter
+
 T = TypeVar("T")
 
 
@@ -87,7 +89,7 @@ def any_across(flags: Tensor) -> Tensor:
 class LossModule(nn.Module):
     """The adapter's training loss as a module's forward, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, adapter: nn.Module) -> None:
+    def __init__(self, adapter: Adapter) -> None:
         super().__init__()
         self.adapter = adapter
 
@@ -95,7 +97,7 @@ class LossModule(nn.Module):
         return self.adapter.training_loss(images, labels, methods)
 
 
-def loss_module(adapter: nn.Module, device: torch.device) -> nn.Module:
+def loss_module(adapter: Adapter, device: torch.device) -> nn.Module:
     """The training-loss module, wrapped in DistributedDataParallel when several processes train."""
     module = LossModule(adapter)
     if world()[1] == 1:

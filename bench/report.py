@@ -901,7 +901,7 @@ def video_counts(scores: ScoreFiles) -> pd.DataFrame:
     Returns:
         Columns ``test_set, real, fake, frames``.
     """
-    rows = []
+    rows: list[tuple[str, int, int, int]] = []
     for label, seed, test_set in sorted(scores, key=lambda key: (key[2], key[0], key[1])):
         if not rows or rows[-1][0] != test_set:
             frame = scores[label, seed, test_set]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,6 +123,11 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
     return nullcontext()
 
 
+def betas(optim: OptimConfig) -> tuple[float, float]:
+    first, second = optim.betas
+    return first, second
+
+
 def build_optimizer(model: Adapter, optim: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     """``optim.name`` over the method's parameters; fused on CUDA (one kernel per step for all parameters).
 
@@ -131,11 +137,10 @@ def build_optimizer(model: Adapter, optim: OptimConfig, device: torch.device) ->
     fused = True if device.type == "cuda" else None
     if optim.name == "adamw":
         groups = model.param_groups(optim.weight_decay)
-        return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=betas(optim), eps=optim.eps, fused=fused)
     params = [p for _, p in model.trainable_parameters()]
     if optim.name == "adam":
-        betas = tuple(optim.betas)
-        return torch.optim.Adam(params, optim.lr, betas, optim.eps, optim.weight_decay, fused=fused)
+        return torch.optim.Adam(params, optim.lr, betas(optim), optim.eps, optim.weight_decay, fused=fused)
     return torch.optim.SGD(params, optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, fused=fused)
 
 
@@ -257,7 +262,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     torch.manual_seed(cfg.train.seed)
     splits = load_splits(cfg)
     model, data = build_model(cfg, splits.methods)
-    model.to(device, memory_format=memory_format(model))  # speed only: the same run id either way
+    model.to(device=device, memory_format=memory_format(model))  # type: ignore[call-overload]  # speed only
 
     size, mean, std = data["input_size"][-1], data["mean"], data["std"]
     augment = Augment(cfg.data.augment)
@@ -281,11 +286,13 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
             yield {k: batch[k].to(device) for k in ("image", "label", "method")}
 
     model.prepare(preparation, None if state is None else state["model"])
-    model.to(device, memory_format=memory_format(model))  # what preparation added
+    model.to(device=device, memory_format=memory_format(model))  # type: ignore[call-overload]  # what prepare added
     compile_backbone(model.backbone, cfg.train.compile)
     optimizer = build_optimizer(model, cfg.optim, device)
     scheduler = LambdaLR(optimizer, schedule(cfg.optim.schedule, cfg.optim.warmup_steps, total))
-    step, best, history = 0, {"value": -math.inf, "step": 0}, []
+    step = 0
+    best: dict[str, Any] = {"value": -math.inf, "step": 0}  # "metrics" too, once a validation is the best
+    history: list[dict[str, float]] = []
     if state is not None:
         step, best, history = _restore_state(state, model, optimizer, scheduler)
         log({"resume_step": float(step)}, step)

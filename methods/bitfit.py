@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.adapter import Adapter
+from bench.backbone import classifier
 from bench.registry import register_method
 
 
@@ -20,7 +21,7 @@ class BitFit(Adapter):
         super().__init__(backbone)
         for name, p in backbone.named_parameters():
             p.requires_grad_(name.endswith("bias"))
-        backbone.get_classifier().requires_grad_(True)
+        classifier(backbone).requires_grad_(True)
 
 
 @register_method("bitfit", BitFitOptions, "BitFit: only the biases and the head train")

@@ -7,10 +7,12 @@ Both are MASM's machinery with K = 1, r = 1, no routing and no mask.
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.registry import register_variant
 from methods import masm  # noqa: F401  (registers the base method)
 
-EFFORT = {"K": 1, "r": 1, "targets": "auto", "split_qkv": True, "routing": "none", "mask": "none"}
+EFFORT: dict[str, Any] = {"K": 1, "r": 1, "targets": "auto", "split_qkv": True, "routing": "none", "mask": "none"}
 
 register_variant(
     "effort",

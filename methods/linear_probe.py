@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.adapter import Adapter
+from bench.backbone import classifier
 from bench.registry import register_method
 
 
@@ -21,12 +22,12 @@ class LinearProbe(Adapter):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__(backbone)
         backbone.requires_grad_(False)
-        backbone.get_classifier().requires_grad_(True)
+        classifier(backbone).requires_grad_(True)
 
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)
         self.backbone.eval()
-        self.backbone.get_classifier().train(mode)
+        classifier(self.backbone).train(mode)
         return self
 
 

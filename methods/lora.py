@@ -4,6 +4,7 @@ LoRA with PEFT's ``use_dora`` and ``init_lora_weights="pissa"``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -14,7 +15,7 @@ from methods.masm import DEFAULT_K
 from methods.peft_tuning import PeftAdapter, linear_only
 from methods.svd_layer import resolve_targets
 
-INITS = {"default": True, "pissa": "pissa"}
+INITS: dict[str, Any] = {"default": True, "pissa": "pissa"}
 """``init`` -> PEFT's ``init_lora_weights``: A random and B zero, or both from the principal singular directions
 (the base weight then holds the residual, so the output at initialisation is unchanged)."""
 
@@ -33,7 +34,7 @@ class LoRAOptions:
     """
 
     rank: int | None = None
-    alpha: float = 8.0
+    alpha: int = 8
     dropout: float = 0.0
     targets: str = "auto"
     dora: bool = False

@@ -85,5 +85,8 @@ class GradStats:
         return {"mean": {f"{k[0]},{k[1]}": v for k, v in self.mean.items()}, "sq": self.sq}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean = {tuple(int(i) for i in k.split(",")): v for k, v in state["mean"].items()}
+        self.mean = {}
+        for key, value in state["mean"].items():
+            layer, subspace = key.split(",")
+            self.mean[(int(layer), int(subspace))] = value
         self.sq = state["sq"]

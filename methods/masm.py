@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from bench import distributed
 from bench.adapter import Adapter
+from bench.backbone import classifier
 from bench.config import ConfigError, check_choice
 from bench.diagnostics import pairwise_angles, weight_report
 from bench.registry import register_method, register_variant
@@ -137,7 +138,7 @@ class MASM(Adapter):
         self.options = options
         self.K = options.K or DEFAULT_K
         backbone.requires_grad_(False)
-        backbone.get_classifier().requires_grad_(True)
+        classifier(backbone).requires_grad_(True)
         self.decompose(resolve_targets(backbone, options.targets) if decompose else [])
 
     def decompose(self, targets: str | list[str]) -> None:
@@ -217,7 +218,8 @@ class MASM(Adapter):
                 for k in range(self.K):
                     grads = [p.grad for p in layer.subspace_parameters(k)]
                     if local[k] and all(g is not None for g in grads):
-                        self.grad_stats.update(layer_index, k, torch.cat([g.flatten() for g in grads]))
+                        flat = [g.flatten() for g in grads if g is not None]
+                        self.grad_stats.update(layer_index, k, torch.cat(flat))
         frozen = ~mask | ~active[None, :]
         for layer_index, k in frozen.nonzero().tolist():
             for p in self.layers[layer_index].subspace_parameters(k):
@@ -286,7 +288,7 @@ class MASM(Adapter):
             upper = np.triu_indices(self.K, 1)
             scalars["diversity_mean"] = float(np.mean([a[upper].mean() for a in angles]))
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "spectra.npz", **spectra)
+        np.savez(folder / "spectra.npz", **spectra)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
         if self.history:
             np.savez(
                 folder / "mask_history.npz",

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from bench.adapter import Adapter
+from bench.backbone import classifier
 from bench.diagnostics import weight_report
 
 
@@ -40,11 +41,11 @@ class PeftAdapter(Adapter):
         backbone.requires_grad_(False)
         inject_adapter_in_model(config, backbone)  # marks the tuner's own parameters trainable
         self.tuned = {n: m for n, m in backbone.named_modules() if isinstance(m, BaseTunerLayer)}
-        backbone.get_classifier().requires_grad_(True)
+        classifier(backbone).requires_grad_(True)
         self.merges = merge
 
     def _weights(self) -> dict[str, torch.Tensor]:
-        return {n: m.get_base_layer().weight for n, m in self.tuned.items()}
+        return {n: _weight(m.get_base_layer()) for n, m in self.tuned.items()}
 
     @contextmanager
     def merged(self) -> Iterator[None]:
@@ -58,7 +59,7 @@ class PeftAdapter(Adapter):
             for n, m in self.tuned.items():
                 if m.merged:
                     m.unmerge()
-                m.get_base_layer().weight.data.copy_(pristine[n])
+                _weight(m.get_base_layer()).data.copy_(pristine[n])
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -79,6 +80,12 @@ class PeftAdapter(Adapter):
             named = {n: (before[n], w.detach().clone()) for n, w in self._weights().items()}
         scalars, _ = weight_report(named)
         return scalars
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def linear_only(backbone: nn.Module, targets: str, method: str) -> None:

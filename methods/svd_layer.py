@@ -424,7 +424,7 @@ class LowRankLinear(torch.autograd.Function):
         w_eff = LowRankLinear.combine(w_sem, copies.us, copies.vt)  # bf16 under autocast
         x = x.to(w_eff.dtype)  # cast once, as F.linear would, and saved in that precision for the backward
         low_precision = w_eff.dtype != w_sem.dtype  # saving W_eff then costs half of w_sem and spares a rebuild
-        ctx.save_for_backward(x, w_sem, w_eff if low_precision else None, s, *copies, keep)
+        ctx.save_for_backward(x, w_sem, w_eff if low_precision else None, s, *copies, keep)  # type: ignore[arg-type]
         return F.linear(x, w_eff, bias)
 
     @staticmethod

@@ -88,8 +88,8 @@ class FrameDataset(Dataset):
 
     def pixels(self, frame: Frame) -> np.ndarray:
         """The frame as 8-bit RGB at the input size (perturbed, when the dataset perturbs)."""
-        with Image.open(frame.path) as img:
-            img = to_rgb(img)
+        with Image.open(frame.path) as file:
+            img = to_rgb(file)
             if self.perturbation is not None:
                 img = perturb(img, *self.perturbation)
             if img.size != (self.size, self.size):
@@ -209,7 +209,9 @@ class FrameLoader:
 
     @property
     def dataset(self) -> FrameDataset:
-        return self.loader.dataset
+        dataset = self.loader.dataset
+        assert isinstance(dataset, FrameDataset)
+        return dataset
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -252,7 +254,7 @@ def _loader(dataset: FrameDataset, workers: int, seed: int, pin: bool, **kwargs:
 
 def train_loader(
     dataset: FrameDataset,
-    sampler: StepSampler,
+    sampler: Sampler[list[Key]],
     workers: int,
     seed: int,
     pin: bool = False,

@@ -65,7 +65,7 @@ def _matplotlib(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         import matplotlib.cbook
 
-        with matplotlib.cbook.get_sample_data(name) as fh:
+        with matplotlib.cbook.get_sample_data(name, asfileobj=True) as fh:  # type: ignore[union-attr]
             return np.asarray(Image.open(fh).convert("RGB"))
 
     return load

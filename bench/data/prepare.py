@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -112,6 +113,12 @@ def read_frames(path: Path, n: int) -> list[tuple[int, np.ndarray]]:
     return frames
 
 
+def _box(values: Iterable[Any]) -> Box:
+    """Four numbers (x0, y0, x1, y1) as a box of floats."""
+    x0, y0, x1, y1 = (float(v) for v in values)
+    return (x0, y0, x1, y1)
+
+
 def _largest(boxes: list[Box]) -> Box | None:
     return max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), default=None)
 
@@ -124,7 +131,7 @@ def _mtcnn() -> _RawDetector:
     def detect(images: list[np.ndarray], min_face: int) -> list[Box | None]:
         mtcnn.min_face_size = min_face
         found, _ = mtcnn.detect(images)
-        return [None if b is None else _largest([tuple(map(float, row)) for row in b]) for b in found]
+        return [None if b is None else _largest([_box(row) for row in b]) for b in found]
 
     return detect
 
@@ -141,7 +148,7 @@ def _lbp() -> _RawDetector:
             img=image, scale_factor=1.2, step_ratio=1, min_size=(min_face, min_face), max_size=(short, short)
         )
         boxes = [(d["c"], d["r"], d["c"] + d["width"], d["r"] + d["height"]) for d in found]
-        return _largest([tuple(map(float, b)) for b in boxes])
+        return _largest([_box(b) for b in boxes])
 
     return lambda images, min_face: [detect_one(image, min_face) for image in images]
 
@@ -184,7 +191,7 @@ def square_crop(image: np.ndarray, box: Box, scale: float, size: int) -> Image.I
     """A square of ``scale`` times the box's longer side around its centre (black beyond the frame), ``size`` px."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     half = scale * max(box[2] - box[0], box[3] - box[1]) / 2
-    region = tuple(round(v) for v in (cx - half, cy - half, cx + half, cy + half))
+    region = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
     return Image.fromarray(image).crop(region).resize((size, size), Image.Resampling.BICUBIC)
 
 
