@@ -223,18 +223,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    from bench.config import merge, parse_set
+    from bench.config import RunConfig, merge, parse_set
     from bench.grid import expand, load_grid
     from bench.recipes import differences, load_recipe, table
 
     recipe = load_recipe(args.name)
     print(f"{recipe.name}: {recipe.origin()}\n{recipe.summary}")
     if args.grid:
-        rows: dict[str, object] = {}
+        rows: dict[str, RunConfig] = {}
         for cell in expand(load_grid(args.grid), args.sets, where=args.grid):
             rows.setdefault(cell.label, cell.config)
         for label, cfg in rows.items():
-            found = differences(recipe, cfg)  # type: ignore[arg-type]
+            found = differences(recipe, cfg)
             print(f"\n{label}: " + (f"{len(found)} different" if found else "as the recipe"))
             for f, ours in found:
                 print(f"  != {f.key}: {ours} here, {f.value} in the recipe ({f.source})")

@@ -20,10 +20,15 @@ from bench.config import ConfigError, build_dataclass
 Builder = Callable[[nn.Module, Any], Adapter]
 
 
+class UnsupportedBackbone(ConfigError):
+    """A method that cannot adapt this backbone's layers (as its registration's ``limits`` says); the message says
+    which and why."""
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered strategy: a builder, its options dataclass, preset overrides (for named ablations) and, for a
-    method that cannot adapt every backbone, what it cannot (its builder then raises ``ValueError`` saying so)."""
+    method that cannot adapt every backbone, what it cannot (its builder then raises :class:`UnsupportedBackbone`)."""
 
     name: str
     summary: str

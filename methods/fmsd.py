@@ -72,12 +72,11 @@ def choose(scores: Tensor, keep: float, rule: str, seed: int) -> list[int]:
     n = len(scores)
     if rule == "all":
         return list(range(n))
-    count = max(1, round(keep * n))
-    if rule == "random":
-        picked = torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu")[:count]
-    else:
-        picked = torch.argsort(scores, descending=True, stable=True)[:count]
-    return sorted(picked.tolist())
+    kept = masks.gradsnr_mask(scores[:, None], keep)[:, 0]  # the gradsnr mask's own top-keep rule
+    if rule == "random":  # as many layers, drawn
+        count = int(kept.sum())
+        return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu")[:count].tolist())
+    return kept.nonzero()[:, 0].tolist()
 
 
 class FMSD(MASM):

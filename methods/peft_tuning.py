@@ -7,6 +7,7 @@ rather than by unmerging, so no rounding drift builds up over many validations.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +19,7 @@ from torch import nn
 from bench.adapter import Adapter
 from bench.backbone import classifier
 from bench.diagnostics import weight_report
-
-
-class UnsupportedBackbone(ValueError):
-    """A method that cannot adapt this backbone's layers; the message says which and why."""
+from bench.registry import UnsupportedBackbone
 
 
 class PeftAdapter(Adapter):
@@ -90,8 +88,6 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 def linear_only(backbone: nn.Module, targets: str, method: str) -> None:
     """Refuse, in one line, a backbone whose target modules are not all ``nn.Linear``."""
-    import re
-
     other = sorted(
         {
             type(m).__name__

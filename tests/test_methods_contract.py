@@ -8,8 +8,7 @@ import torch
 from bench.adapter import Adapter
 from bench.backbone import create_backbone
 from bench.config import ModelConfig
-from bench.registry import get_method, list_methods
-from methods.peft_tuning import UnsupportedBackbone
+from bench.registry import UnsupportedBackbone, get_method, list_methods
 
 BACKBONES = {
     "vit": ModelConfig(name="test_vit", pretrained=False, img_size=32),

@@ -27,8 +27,13 @@ def _images(folder: Path) -> list[Path]:
 def read_folder(split_dir: Path, frames_per_video: int) -> list[Frame]:
     """Frames of ``split_dir/real/<video>/*`` and ``split_dir/fake/<method>/<video>/*``; video ids are the folders'
     paths under ``split_dir``, unique by construction."""
+    return _sampled(folder_videos(split_dir), frames_per_video)
+
+
+def _sampled(videos: list[tuple[str, int, str, list[Path]]], frames_per_video: int) -> list[Frame]:
+    """Evenly spaced frames of each video of :func:`folder_videos`."""
     frames = []
-    for method, label, video_id, images in folder_videos(split_dir):
+    for method, label, video_id, images in videos:
         frames += [Frame(str(images[i]), label, method, video_id) for i in sample_evenly(len(images), frames_per_video)]
     return frames
 
@@ -93,10 +98,11 @@ def list_frames(card: Card, split: str, data_root: str | Path, frames_per_video:
         ensure_generated(card, data_root)
     if not split_dir.is_dir():
         raise ConfigError(f"card {card.name}: split '{split}' folder {split_dir} does not exist (check data.root)")
-    frames = read_folder(split_dir, frames_per_video)
+    folders = folder_videos(split_dir)
+    frames = _sampled(folders, frames_per_video)
     if not frames:
         raise ConfigError(f"card {card.name}: split '{split}' has no frames under {split_dir}")
-    return Listing(frames, [video for _, _, video, images in folder_videos(split_dir) if not images])
+    return Listing(frames, [video for _, _, video, images in folders if not images])
 
 
 def examples(items: Sequence[str], shown: int = 3) -> str:
