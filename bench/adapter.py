@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.slot_optim import Slots
+
 
 class Adapter(nn.Module):
     """A backbone adapted by a method; the default is full fine-tuning with cross-entropy.
@@ -56,6 +58,11 @@ class Adapter(nn.Module):
         other = [p for _, p in self.trainable_parameters() if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
+
+    def slots(self) -> dict[Tensor, Slots]:
+        """Parameters made of slots that an optimizer step moves only where live (default: none), with their layout;
+        the loop then steps them with :class:`~bench.slot_optim.SlotAdamW`."""
+        return {}
 
     def prepare(self, batches: Callable[[int], Iterator[dict[str, Tensor]]], saved: dict[str, Any] | None) -> None:
         """Set-up that needs data, once, before the optimizer is built (default: none).

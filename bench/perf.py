@@ -2,8 +2,8 @@
 
 Every row is measured in its own fresh process (``python -m bench.perf --worker SPEC``) so memory figures do not
 leak into each other, and the rows are interleaved over the repeats (A B C ... A B C) so drift of a shared machine
-hits all alike. A worker times the loop's training step as ``bench/train.py`` runs it (``training_loss`` under
-autocast, backward, ``before_optimizer_step``, gradient clipping, AdamW, ``after_optimizer_step``) on synthetic
+hits all alike. A worker times the loop's own training step (:class:`bench.step.Step` at the default optimizer
+settings: ``training_loss`` under autocast, backward, the adapter's hooks, clipping, the optimizer) on synthetic
 batches of reals and fakes of :data:`K_METHODS` forgery methods, so routing and the constraints run as in training.
 It then times evaluation under ``evaluating()`` (merged weights) and, in the same process and batch for batch in
 turn, the plain backbone's.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import resource
 import statistics
@@ -38,8 +37,7 @@ if TYPE_CHECKING:
     import torch
 
     from bench.adapter import Adapter
-
-    Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    from bench.step import Batch
 
 K_METHODS = 4
 """Forgery methods in the synthetic batches (FaceForensics++'s four); MASM gets one subspace each."""
@@ -92,9 +90,21 @@ COLUMNS = (
     "loader_img_s",
     "loader_vs_train",
 )
-PROFILE_COLUMNS = ("prof_step_s", "prof_ops", "prof_kernels", "prof_syncs", "prof_device_busy")
-"""With ``--profile``: per profiled step, aten operators, CUDA kernel launches, host syncs, the GPU's busy share."""
+PROFILE_COLUMNS = (
+    "prof_step_s",
+    "prof_ops",
+    "prof_autograd_nodes",
+    "prof_accumulate_grad",
+    "prof_items",
+    "trainable_tensors",
+    "prof_kernels",
+    "prof_syncs",
+    "prof_device_busy",
+)
+"""With ``--profile``: per profiled step, aten operators, autograd nodes run (AccumulateGrad among them), scalar
+reads to the host, the trainable tensors, CUDA kernel launches, host syncs, the GPU's busy share."""
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+AUTOGRAD_PREFIX = "autograd::engine::evaluate_function: "
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 NOTES = (
     "step_s: median training step (forward, backward, the method's losses and hooks, clipping, AdamW) over all"
@@ -114,7 +124,10 @@ NOTES = (
     "loader_img_s: the training card through FrameDataset + DataLoader at the input size; loader_vs_train: over the"
     " row's train_img_s",
     "with --profile: prof_* per step of torch.profiler's steps (after the timed ones): prof_ops aten operators,"
-    " prof_kernels CUDA kernel launches, prof_syncs host-device syncs, prof_device_busy GPU kernel time over wall"
+    " prof_autograd_nodes backward nodes run, prof_accumulate_grad of them AccumulateGrad (one per trainable tensor"
+    " reached), prof_items scalar reads to the host (aten::_local_scalar_dense: .item(), a host branch on a tensor;"
+    " the loop's one loss read per step is a copy, not counted), trainable_tensors, prof_kernels CUDA kernel"
+    " launches, prof_syncs host-device syncs (the loss read among them), prof_device_busy GPU kernel time over wall"
     " time (low: the host's launches limit the step); tables in <out>/profiles/",
 )
 
@@ -204,7 +217,7 @@ def synthetic_batch(batch_size: int, size: int, device: torch.device) -> Batch:
     labels = index % 2
     methods = torch.where(labels == 1, (index // 2) % K_METHODS, -1)
     images = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return images.to(device), labels.to(device), methods.to(device)
+    return {"image": images.to(device), "label": labels.to(device), "method": methods.to(device)}
 
 
 def _times(fns: Sequence[Callable[[], object]], warmup: int, steps: int, sync: Callable[[], None]) -> list[list[float]]:
@@ -226,45 +239,11 @@ def _times(fns: Sequence[Callable[[], object]], warmup: int, steps: int, sync: C
     return out
 
 
-def forward_backward(model: Adapter, batch: Batch, device: torch.device) -> dict[str, float]:
-    """The method's loss under autocast and its backward pass, as ``bench/train.py`` runs them (accumulate 1)."""
-    from bench.train import autocast, read_losses
-
-    with autocast(device, True):
-        loss, parts = model.training_loss(*batch)
-    loss.backward()
-    values = read_losses(loss, parts)  # the loop reads them every step, after queueing the backward
-    if not math.isfinite(values["loss"]):
-        raise PerfError(f"non-finite loss {values['loss']}")
-    return values
-
-
-def train_step(
-    model: Adapter,
-    optimizer: torch.optim.Optimizer,
-    trainable: list[torch.nn.Parameter],
-    batch: Batch,
-    device: torch.device,
-    step: int,
-) -> dict[str, float]:
-    """One optimizer step of ``bench/train.py``: loss and backward, the method's hooks, clipping ``trainable`` at 1.0,
-    AdamW."""
-    import torch
-
-    parts = forward_backward(model, batch, device)
-    model.before_optimizer_step(step)
-    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.after_optimizer_step(step)
-    return parts
-
-
 def eval_batch(model: Adapter, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Scores of one batch as the loop's ``predict()`` computes them (call inside ``model.evaluating()``)."""
     import torch.nn.functional as F
 
-    from bench.train import autocast
+    from bench.step import autocast
 
     with autocast(device, True):
         logits = model(images)
@@ -279,7 +258,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
     from bench.adapter import Adapter
     from bench.backbone import create_backbone, data_config
     from bench.config import ModelConfig, OptimConfig
-    from bench.train import build_optimizer
+    from bench.step import Step, backward
 
     method, options = _resolve(row)  # imports the methods
     base_mem = _rss_mb()
@@ -310,20 +289,20 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         os.environ["BENCH_SVD_CACHE"] = cache
         model, setup_cold = build()
         size = data_config(model.backbone, cfg)["input_size"][-1]
-        images, labels, methods = synthetic_batch(s.batch_size, size, device)
-        optimizer = build_optimizer(model, OptimConfig(), device)  # the loop's, at its defaults
-        trainable = [p for _, p in model.trainable_parameters()]
+        batch = synthetic_batch(s.batch_size, size, device)
+        total = s.warmup + s.steps + PROFILE_STEPS
+        train = Step.build(model, OptimConfig(), device, total)  # the loop's step, at the defaults
         model.train()
         with FlopCounterMode(display=False) as counter:  # one eager forward and backward
-            forward_backward(model, (images, labels, methods), device)
-        optimizer.zero_grad(set_to_none=True)
+            backward(model.training_loss, batch, device)
+        train.optimizer.zero_grad(set_to_none=True)
         memory_format = _memory_format(s, model)
         model = _prepare(model, memory_format, s.compile)
-        images = images.contiguous(memory_format=memory_format)
-        steps = iter(range(s.warmup + s.steps + PROFILE_STEPS))
+        batch = {**batch, "image": batch["image"].contiguous(memory_format=memory_format)}
+        steps = iter(range(total))
 
         def step() -> object:
-            return train_step(model, optimizer, trainable, (images, labels, methods), device, next(steps))
+            return train([batch], next(steps))  # raises TrainingError on a non-finite loss
 
         start = time.perf_counter()
         step()
@@ -334,7 +313,9 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         profiled: dict[str, float | None] = {}
         if s.profile_dir is not None:
             profiled = profile_steps(step, sync, cuda, Path(s.profile_dir) / f"{_slug(row)}.txt", row)
+            profiled["trainable_tensors"] = len(train.trainable)
         plain = _prepare(Adapter(backbone()), memory_format, s.compile)  # the timm model as is
+        images = batch["image"]
         eval_times, plain_times = evaluation(model, plain)
         trainable_params, total_params = model.num_trainable(), sum(p.numel() for p in model.parameters())
         _, setup_cached = build()
@@ -388,6 +369,9 @@ def profile_steps(
     out = {
         "prof_step_s": wall,
         "prof_ops": per_step(prefix="aten::"),
+        "prof_autograd_nodes": per_step(prefix=AUTOGRAD_PREFIX),
+        "prof_accumulate_grad": per_step(prefix=f"{AUTOGRAD_PREFIX}torch::autograd::AccumulateGrad"),
+        "prof_items": per_step(("aten::_local_scalar_dense",)),
         "prof_kernels": per_step(LAUNCH_EVENTS) if cuda else None,
         "prof_syncs": per_step(SYNC_EVENTS) if cuda else None,
         "prof_device_busy": device_s / wall if cuda else None,

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from bench import checkpoint, distributed
 from bench.adapter import Adapter
 from bench.backbone import compile_backbone, create_backbone, data_config, memory_format
-from bench.config import OptimConfig, RunConfig
+from bench.config import RunConfig
 from bench.data.augment import Augment
 from bench.data.cards import Card, open_card
 from bench.data.catalog import redrawn, split_frames
@@ -36,18 +34,17 @@ from bench.data.loader import FrameDataset, FrameLoader, StepSampler, eval_loade
 from bench.data.synthesis import synthetic_split, training_methods
 from bench.metrics import binary_metrics
 from bench.registry import get_method
+from bench.step import Step, TrainingError, autocast
 
 LogFn = Callable[[dict[str, float], int], None]
 LAST, BEST = "last.pt", "best.pt"
+LAYOUT = 2
+"""Version of the training state's layout (2: a method's stacked factors, slot-wise optimizer state)."""
 
 logger = logging.getLogger(__name__)
 ROBUST_METRICS = ("auc", "eer", "video_auc")
 PREPARATION_SEED = 1_000_003
 """Offsets the sampler seed of :meth:`Adapter.prepare`'s batches from the training stream's."""
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message is the reason recorded with the run."""
 
 
 @dataclass
@@ -67,23 +64,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device())
-
-
-def schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Learning-rate factor per optimizer step: none (always 1), or a linear warm-up and then constant or cosine
-    decay to zero."""
-
-    def factor(step: int) -> float:
-        if kind == "none":
-            return 1.0
-        if step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def load_splits(cfg: RunConfig) -> Splits:
@@ -115,39 +95,6 @@ def build_model(cfg: RunConfig, forgery_methods: list[str]) -> tuple[Adapter, di
     backbone = create_backbone(cfg.model, cfg.train.seed)
     data = data_config(backbone, cfg.model)
     return method.build(backbone, options), data
-
-
-def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def betas(optim: OptimConfig) -> tuple[float, float]:
-    first, second = optim.betas
-    return first, second
-
-
-def build_optimizer(model: Adapter, optim: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    """``optim.name`` over the method's parameters; fused on CUDA (one kernel per step for all parameters).
-
-    AdamW decays the tensors of the method's :meth:`~bench.adapter.Adapter.param_groups`; Adam and SGD add coupled
-    L2 to the gradient of every trainable tensor, as the papers that use them do.
-    """
-    fused = True if device.type == "cuda" else None
-    if optim.name == "adamw":
-        groups = model.param_groups(optim.weight_decay)
-        return torch.optim.AdamW(groups, lr=optim.lr, betas=betas(optim), eps=optim.eps, fused=fused)
-    params = [p for _, p in model.trainable_parameters()]
-    if optim.name == "adam":
-        return torch.optim.Adam(params, optim.lr, betas(optim), optim.eps, optim.weight_decay, fused=fused)
-    return torch.optim.SGD(params, optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, fused=fused)
-
-
-def read_losses(loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The loss and its named parts as floats, read from the device in one transfer (one sync per batch)."""
-    values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in parts.values())])
-    return dict(zip(["loss", *parts], values.tolist(), strict=True))
 
 
 def predict(model: Adapter, loader: Iterable[dict], device: torch.device, amp: bool, n: int) -> np.ndarray:
@@ -222,6 +169,7 @@ def _save_state(path: Path, model: Adapter, optimizer, scheduler, step: int, bes
             "step": step,
             "best": best,
             "history": history,
+            "layout": LAYOUT,
         },
         path,
         keep_previous=True,
@@ -278,6 +226,11 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
         for stale in checkpoint.remove_stale_temporaries(run_dir, (LAST, BEST)):
             logger.warning("removed %s, left by a writer that died mid-write", stale)
     state = checkpoint.load_latest(run_dir / LAST, warn=logger.warning)
+    if state is not None and state.get("layout", 1) != LAYOUT:
+        raise TrainingError(
+            f"{run_dir / LAST} has checkpoint layout {state.get('layout', 1)}, this version reads {LAYOUT}: "
+            f"remove {run_dir} to train the run again"
+        )
 
     def preparation(n: int) -> Iterator[dict[str, torch.Tensor]]:
         """``n`` training batches from a stream of their own (the training stream stays as it is)."""
@@ -288,8 +241,8 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     model.prepare(preparation, None if state is None else state["model"])
     model.to(device=device, memory_format=memory_format(model))  # type: ignore[call-overload]  # what prepare added
     compile_backbone(model.backbone, cfg.train.compile)
-    optimizer = build_optimizer(model, cfg.optim, device)
-    scheduler = LambdaLR(optimizer, schedule(cfg.optim.schedule, cfg.optim.warmup_steps, total))
+    step_fn = Step.build(model, cfg.optim, device, total, cfg.train.amp, loss=distributed.loss_module(model, device))
+    optimizer, scheduler = step_fn.optimizer, step_fn.scheduler
     step = 0
     best: dict[str, Any] = {"value": -math.inf, "step": 0}  # "metrics" too, once a validation is the best
     history: list[dict[str, float]] = []
@@ -309,8 +262,6 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
         cfg.data.max_bad_fraction,
     )
     batches = iter(loader)
-    loss_fn = distributed.loss_module(model, device)
-    trainable = [p for _, p in model.trainable_parameters()]
     model.train()
     desc = f"{cfg.method.name} seed {cfg.train.seed}"
     bar = tqdm(total=total, initial=step, desc=desc, disable=None if rank == 0 else True, leave=False)
@@ -318,34 +269,12 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
         if stop_after is not None and step >= stop_after:
             bar.close()
             return {}
-        parts_sum: dict[str, float] = {}
-        for _ in range(accumulate):
-            batch = next(batches)
-            images = batch["image"].to(device, non_blocking=True)
-            labels, methods = batch["label"].to(device), batch["method"].to(device)
-            with autocast(device, cfg.train.amp):
-                loss, parts = loss_fn(images, labels, methods)
-            (loss / accumulate).backward()  # queued before the read below waits for the device
-            values = read_losses(loss, parts)
-            if not math.isfinite(values["loss"]):
-                raise TrainingError(
-                    f"non-finite loss ({values['loss']}) at step {step}: lower optim.lr or check the data"
-                )
-            for k, v in values.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v / accumulate
-        model.before_optimizer_step(step)
-        if cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.after_optimizer_step(step)
+        values = step_fn([next(batches) for _ in range(accumulate)], step)
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{parts_sum['loss']:.3f}")
+        bar.set_postfix(loss=f"{values['loss']:.3f}")
         if step % cfg.train.log_every == 0 or step == total:
-            _log_prefixed(log, "train/", {**parts_sum, "lr": lr}, step)
+            _log_prefixed(log, "train/", values, step)
         if step % steps_per_epoch == 0:
             val, _, _ = evaluator.metrics("val", splits.val)
             model.train()

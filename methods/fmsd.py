@@ -31,9 +31,10 @@ from torch import Tensor, nn
 from bench.adapter import Adapter
 from bench.config import check_choice
 from bench.registry import register_method, register_variant
+from bench.slot_optim import Slots
+from bench.targets import resolve_targets
 from methods import masks
 from methods.masm import MASM, MASMOptions
-from methods.svd_layer import resolve_targets
 
 
 @dataclass
@@ -59,11 +60,14 @@ class FMSDOptions(MASMOptions):
 def layer_scores(gradients: Iterable[list[Tensor]], layers: int, rule: str, ema: float) -> Tensor:
     """Score per layer from a stream of per-batch gradient lists (one tensor per layer): the EMAs of
     :class:`~methods.masks.GradStats` read as bias^2 / variance (``gradsnr``) or as the squared norm (``gradnorm``)."""
-    stats = masks.GradStats(layers, 1, ema)
+    stats = [masks.GradStats(ema) for _ in range(layers)]
+    slots: list[Slots] = []
     for grads in gradients:
-        for i, grad in enumerate(grads):
-            stats.update(i, 0, grad)
-    return (stats.sq if rule == "gradnorm" else stats.snr())[:, 0].clone()
+        slots = slots or [Slots(torch.ones(1, 1, dtype=torch.bool, device=g.device), g.numel()) for g in grads]
+        for layer, grad, slot in zip(stats, grads, slots, strict=True):
+            layer.update([grad.reshape(1, -1)], slot, slot.live)
+    scores = [s.squares(slot) if rule == "gradnorm" else s.snr(slot) for s, slot in zip(stats, slots, strict=True)]
+    return torch.cat([score.reshape(1) for score in scores]).cpu() if scores else torch.zeros(layers)
 
 
 def choose(scores: Tensor, keep: float, rule: str, seed: int) -> list[int]:

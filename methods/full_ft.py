@@ -12,7 +12,7 @@ from torch import nn
 from bench.adapter import Adapter
 from bench.diagnostics import weight_report
 from bench.registry import register_method
-from methods.svd_layer import resolve_targets
+from bench.targets import resolve_targets
 
 
 @dataclass

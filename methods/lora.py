@@ -11,9 +11,9 @@ from torch import nn
 from bench.adapter import Adapter
 from bench.config import check_choice
 from bench.registry import register_method, register_variant
+from bench.targets import resolve_targets
 from methods.masm import DEFAULT_K
 from methods.peft_tuning import PeftAdapter, linear_only
-from methods.svd_layer import resolve_targets
 
 INITS: dict[str, Any] = {"default": True, "pissa": "pissa"}
 """``init`` -> PEFT's ``init_lora_weights``: A random and B zero, or both from the principal singular directions

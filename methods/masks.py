@@ -16,27 +16,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bench.slot_optim import Slots
+
 
 def state_ratios(loss_ema: Tensor, rho_max: float, tau: float) -> Tensor:
     """Mask ratio per subspace from the EMAs of the routed losses (0 for subspaces at or above the mean)."""
     mean = loss_ema.mean()
-    if mean <= 0:
-        return torch.zeros_like(loss_ema)
-    return rho_max * ((mean - loss_ema) / (mean * tau)).clamp(0.0, 1.0)
+    ratios = rho_max * ((mean - loss_ema) / (mean * tau)).clamp(0.0, 1.0)
+    return torch.where(mean > 0, ratios, torch.zeros_like(ratios))  # a choice on the device, not on the host
 
 
-def n_frozen(ratios: Tensor, layers: int) -> list[int]:
+def n_frozen(ratios: Tensor, layers: int) -> Tensor:
     """Number of layers to freeze per subspace (rounded down, so a tiny ratio freezes nothing)."""
-    return [int(torch.floor(r * layers + 1e-9)) for r in ratios]
+    return torch.floor(ratios * layers + 1e-9).long()
 
 
-def freeze_largest(scores: Tensor, counts: list[int]) -> Tensor:
-    """Mask freezing, per subspace (column), the ``counts[k]`` layers with the largest ``scores``."""
-    mask = torch.ones_like(scores, dtype=torch.bool)
-    for k, count in enumerate(counts):
-        if count:
-            mask[scores[:, k].topk(count).indices, k] = False
-    return mask
+def freeze_largest(scores: Tensor, counts: Tensor) -> Tensor:
+    """Mask freezing, per subspace (column), the ``counts[k]`` layers with the largest ``scores`` (the first of
+    equal scores first); computed from ranks, with no host sync."""
+    ranks = scores.argsort(dim=0, descending=True, stable=True).argsort(dim=0)
+    return ranks >= counts.to(scores.device)[None, :]
 
 
 def state_mask(loss_ema: Tensor, drift: Tensor, rho_max: float, tau: float) -> Tensor:
@@ -54,39 +53,45 @@ def gradsnr_mask(snr: Tensor, keep: float) -> Tensor:
     """The ``gradsnr`` rule: per subspace keep the ``keep`` fraction of layers with the highest bias^2 / variance."""
     layers = snr.shape[0]
     n_keep = max(1, round(keep * layers))
-    return freeze_largest(-snr, [layers - n_keep] * snr.shape[1])
+    return freeze_largest(-snr, torch.full((snr.shape[1],), layers - n_keep))
 
 
 class GradStats:
-    """EMAs of the gradient's mean (per element) and of its squared norm, per (layer, subspace)."""
+    """Per slot (see :class:`bench.slot_optim.Slots`), EMAs of the gradient (per element) and of its squared norm,
+    over a list of tensors that share one slot layout (e.g. a group's U, s and V)."""
 
-    def __init__(self, layers: int, subspaces: int, decay: float) -> None:
+    def __init__(self, decay: float) -> None:
         self.decay = decay
-        self.mean: dict[tuple[int, int], Tensor] = {}
-        self.sq = torch.zeros(layers, subspaces, dtype=torch.float64, device="cpu")  # even under a meta device
+        self.mean: list[Tensor] = []
+        self.sq: Tensor | None = None
 
-    def update(self, layer: int, subspace: int, grad: Tensor) -> None:
-        g = grad.detach().flatten().double()
-        key = (layer, subspace)
-        previous = self.mean.get(key, torch.zeros_like(g))
-        self.mean[key] = self.decay * previous + (1 - self.decay) * g
-        self.sq[layer, subspace] = self.decay * self.sq[layer, subspace] + (1 - self.decay) * g.square().sum()
+    def update(self, grads: list[Tensor], slots: Slots, seen: Tensor) -> None:
+        """Fold in ``grads`` at the slots where ``seen`` (L, K) is set; the others keep their EMAs."""
+        grads = [g.detach().double() for g in grads]
+        if self.sq is None:
+            self.mean = [torch.zeros_like(g) for g in grads]
+            self.sq = torch.zeros(seen.shape, dtype=torch.float64, device=seen.device)
+        d = self.decay
+        for mean, g in zip(self.mean, grads, strict=True):
+            mean.copy_(torch.where(slots.expand(seen, g.ndim), d * mean + (1 - d) * g, mean))
+        norms = sum(slots.reduce(g.square()) for g in grads)
+        self.sq.copy_(torch.where(seen, d * self.sq + (1 - d) * norms, self.sq))
 
-    def snr(self) -> Tensor:
-        """bias^2 / variance per (layer, subspace); 0 where nothing was seen."""
-        out = torch.zeros_like(self.sq)
-        for (layer, subspace), mean in self.mean.items():
-            bias2 = mean.square().sum()
-            variance = (self.sq[layer, subspace] - bias2).clamp_min(1e-30)
-            out[layer, subspace] = bias2 / variance
-        return out
+    def squares(self, slots: Slots) -> Tensor:
+        """(L, K) EMA of the gradient's squared norm; 0 where nothing was seen."""
+        if self.sq is None:
+            return torch.zeros(slots.live.shape, dtype=torch.float64, device=slots.live.device)
+        return self.sq
+
+    def snr(self, slots: Slots) -> Tensor:
+        """(L, K) bias^2 / variance; 0 where nothing was seen."""
+        if self.sq is None:
+            return self.squares(slots)
+        bias2 = sum(slots.reduce(m.square()) for m in self.mean)
+        return torch.where(self.sq > 0, bias2 / (self.sq - bias2).clamp_min(1e-30), torch.zeros_like(self.sq))
 
     def state_dict(self) -> dict[str, object]:
-        return {"mean": {f"{k[0]},{k[1]}": v for k, v in self.mean.items()}, "sq": self.sq}
+        return {"mean": list(self.mean), "sq": self.sq}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean = {}
-        for key, value in state["mean"].items():
-            layer, subspace = key.split(",")
-            self.mean[(int(layer), int(subspace))] = value
-        self.sq = state["sq"]
+        self.mean, self.sq = list(state["mean"]), state["sq"]

@@ -1,7 +1,7 @@
 """MASM: multi-artifact subspaces with selective layer masks (masm.md section 2), and its named ablations.
 
 Every target weight is split by SVD into a frozen semantic principal subspace and K learnable rank-r artifact
-subspaces (:class:`methods.svd_layer.SubspaceLayer`). Routing binds subspace k to training forgery method k; a
+subspaces (:class:`methods.subspaces.layer.SubspaceLayer`). Routing binds subspace k to training forgery method k; a
 selective layer mask bounds how fast any subspace fits; orthogonality and spectral-consistency constraints keep the
 subspaces diverse and the spectrum stable. Effort (K = 1, r = 1, no routing, no mask) is the same machinery with
 other switches (``methods/effort.py``).
@@ -27,21 +27,13 @@ from bench.backbone import classifier
 from bench.config import ConfigError, check_choice
 from bench.diagnostics import pairwise_angles, weight_report
 from bench.registry import register_method, register_variant
+from bench.slot_optim import Slots
+from bench.targets import resolve_targets
 from methods import masks
-from methods.svd_layer import (
-    SubspaceLayer,
-    SVDCache,
-    effort_orth_loss,
-    energy_loss,
-    inject,
-    merged,
-    orth_loss,
-    resolve_targets,
-    routing,
-    shared_factors,
-    spectral_loss,
-    subspace_layers,
-)
+from methods.subspaces.constraints import effort_orth_loss, energy_loss, orth_loss, spectral_loss
+from methods.subspaces.layer import FactorGroup, SubspaceLayer, inject, merged, routing, subspace_layers
+from methods.subspaces.stack import shared_factors, stack_factors, subspace_drift
+from methods.subspaces.svd import SVDCache
 
 DEFAULT_K = 4  # FaceForensics++'s four forgery methods, when no training card says otherwise
 
@@ -132,6 +124,7 @@ class MASM(Adapter):
     mask: Tensor
     loss_ema: Tensor
     active: Tensor
+    weight_norm: Tensor
 
     def __init__(self, backbone: nn.Module, options: MASMOptions, decompose: bool = True) -> None:
         super().__init__(backbone)
@@ -150,13 +143,35 @@ class MASM(Adapter):
         named = list(subspace_layers(self.backbone))
         self.layer_names = [n for n, _ in named]
         self.layers: list[SubspaceLayer] = [m for _, m in named]
+        self.groups: list[FactorGroup] = list({id(m.home[0]): m.home[0] for m in self.layers}.values())
+        position = {id(m): i for i, m in enumerate(self.layers)}
+        for i, group in enumerate(self.groups):  # buffers, so that they follow the model to its device
+            self.register_buffer(f"rows{i}", torch.tensor([position[id(m)] for m in group.layers]), persistent=False)
+            self.register_buffer(f"live{i}", torch.ones(len(group.layers), self.K, dtype=torch.bool), persistent=False)
         L = len(self.layers)
+        with torch.no_grad():
+            norms = [m.pretrained_weight().norm() for m in self.layers]
+        self.register_buffer("weight_norm", torch.stack(norms) if norms else torch.zeros(0), persistent=False)
         self.register_buffer("mask", torch.ones(L, self.K, dtype=torch.bool))
         self.register_buffer("loss_ema", torch.full((self.K,), float("nan")))
         self.history: list[Tensor] = []
-        self.grad_stats = masks.GradStats(L, self.K, o.ema)
+        self.grad_stats = [masks.GradStats(o.ema) for _ in self.groups]
         self.generator = torch.Generator().manual_seed(o.seed)
         self.register_buffer("active", torch.zeros(self.K, dtype=torch.bool), persistent=False)  # routed since step
+
+    def _group_buffers(self, kind: str) -> list[Tensor]:
+        return [getattr(self, f"{kind}{i}") for i in range(len(self.groups))]
+
+    def slots(self) -> dict[Tensor, Slots]:
+        """Each group's factors, slot (layer, subspace) live where neither masked nor unrouted; none without a mask
+        or routing (every slot is always live)."""
+        if self.options.mask == "none" and self.options.routing == "none":
+            return {}
+        return {
+            p: Slots(live, self.options.r)
+            for group, live in zip(self.groups, self._group_buffers("live"), strict=True)
+            for p in (group.u, group.s, group.v)
+        }
 
     def route(self, methods: Tensor) -> Tensor | None:
         """(N, K) routing weights: a fake of method j reaches subspace j alone, a real every subspace (with weight
@@ -199,7 +214,7 @@ class MASM(Adapter):
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Weight decay on the head's weight and the factors U, V; none on singular values and biases."""
-        singular = {id(p) for m in self.layers for p in m.s}
+        singular = {id(g.s) for g in self.groups}
         decay = [p for _, p in self.trainable_parameters() if p.ndim >= 2 and id(p) not in singular]
         other = [p for _, p in self.trainable_parameters() if p.ndim < 2 or id(p) in singular]
         return [
@@ -208,22 +223,22 @@ class MASM(Adapter):
             if g["params"]
         ]
 
+    @torch.no_grad()
     def before_optimizer_step(self, step: int) -> None:
-        """Record gradient statistics, then drop the gradients of masked and of unrouted (layer, subspace) factors."""
-        active = distributed.any_across(self.active)  # every process must drop the same gradients
-        flags = torch.cat([self.mask, self.active[None], active[None]]).cpu()  # one transfer
-        mask, local, active = flags[:-2], flags[-2], flags[-1]
-        if self.options.mask == "gradsnr":
-            for layer_index, layer in enumerate(self.layers):
-                for k in range(self.K):
-                    grads = [p.grad for p in layer.subspace_parameters(k)]
-                    if local[k] and all(g is not None for g in grads):
-                        flat = [g.flatten() for g in grads if g is not None]
-                        self.grad_stats.update(layer_index, k, torch.cat(flat))
-        frozen = ~mask | ~active[None, :]
-        for layer_index, k in frozen.nonzero().tolist():
-            for p in self.layers[layer_index].subspace_parameters(k):
-                p.grad = None
+        """Record gradient statistics, then mark the masked and the unrouted (layer, subspace) slots not live and
+        zero their gradients (so clipping sees only what steps); on the device, without a host sync."""
+        active = distributed.any_across(self.active)  # every process must step the same slots
+        live = self.mask & active[None, :]
+        for i, (group, rows, slot_live) in enumerate(
+            zip(self.groups, self._group_buffers("rows"), self._group_buffers("live"), strict=True)
+        ):
+            grads = [p.grad for p in (group.u, group.s, group.v) if p.grad is not None]
+            slots = Slots(slot_live, self.options.r)
+            if self.options.mask == "gradsnr" and len(grads) == 3:
+                self.grad_stats[i].update(grads, slots, self.active[None, :].expand(len(group.layers), -1))
+            slot_live.copy_(live.index_select(0, rows))
+            for grad in grads:
+                grad.mul_(slots.mask(grad.ndim))
         self.active.zero_()
 
     def after_optimizer_step(self, step: int) -> None:
@@ -232,29 +247,37 @@ class MASM(Adapter):
 
     @torch.no_grad()
     def refresh_mask(self) -> None:
-        """Recompute the mask by the configured rule and append it to the history."""
+        """Recompute the mask by the configured rule (on the device) and append it to the history."""
         o, L = self.options, len(self.layers)
-        ema = torch.nan_to_num(self.loss_ema.cpu(), nan=float(self.loss_ema.nanmean().nan_to_num(0.0)))
+        ema = torch.where(self.loss_ema.isnan(), self.loss_ema.nanmean().nan_to_num(0.0), self.loss_ema)
         if o.mask == "state":
             new = masks.state_mask(ema, self.drift(), o.rho_max, o.tau)
         elif o.mask == "random":
-            new = masks.random_mask(ema, L, o.rho_max, o.tau, self.generator)
+            new = masks.random_mask(ema.cpu(), L, o.rho_max, o.tau, self.generator)  # a host generator: portable
         else:
-            new = masks.gradsnr_mask(self.grad_stats.snr(), o.keep)
+            new = masks.gradsnr_mask(self.snr(), o.keep)
         self.mask.copy_(new)
-        self.history.append(new.clone())
+        self.history.append(self.mask.clone())
+
+    def _by_layer(self, per_group: list[Tensor]) -> Tensor:
+        """(layers, K) from each group's (its layers, K) rows."""
+        out = torch.zeros(len(self.layers), self.K, device=self.mask.device, dtype=per_group[0].dtype)
+        for rows, values in zip(self._group_buffers("rows"), per_group, strict=True):
+            out.index_copy_(0, rows, values.to(out.dtype))
+        return out
+
+    @torch.no_grad()
+    def snr(self) -> Tensor:
+        """(layers, K) gradient bias^2 / variance per slot (the ``gradsnr`` rule's score)."""
+        live = self._group_buffers("live")
+        return self._by_layer([s.snr(Slots(v, self.options.r)) for s, v in zip(self.grad_stats, live, strict=True)])
 
     @torch.no_grad()
     def drift(self) -> Tensor:
         """(layers, K) relative drift ``||dW_lk||_F / ||W_l||_F`` of each subspace's term since injection."""
         if not self.layers:
             return torch.zeros(0, self.K)
-        return torch.stack(
-            [
-                torch.stack([m.delta_weight(k).norm() for k in range(self.K)]) / m.pretrained_weight().norm()
-                for m in self.layers
-            ]
-        ).cpu()
+        return self._by_layer([subspace_drift(s) for s in stack_factors(self.layers)]) / self.weight_norm[:, None]
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -263,14 +286,15 @@ class MASM(Adapter):
 
     def get_extra_state(self) -> dict[str, Any]:
         return {
-            "history": [h.clone() for h in self.history],
-            "grad_stats": self.grad_stats.state_dict(),
+            "history": [h.cpu() for h in self.history],
+            "grad_stats": [stats.state_dict() for stats in self.grad_stats],
             "generator": self.generator.get_state(),
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.history = list(state["history"])
-        self.grad_stats.load_state_dict(state["grad_stats"])
+        self.history = [h.to(self.mask.device) for h in state["history"]]
+        for stats, saved in zip(self.grad_stats, state["grad_stats"], strict=True):
+            stats.load_state_dict(saved)
         self.generator.set_state(state["generator"])
 
     @torch.no_grad()
@@ -292,7 +316,7 @@ class MASM(Adapter):
         if self.history:
             np.savez(
                 folder / "mask_history.npz",
-                masks=torch.stack(self.history).numpy(),
+                masks=torch.stack(self.history).cpu().numpy(),
                 layers=np.array(self.layer_names),
                 every=self.options.mask_every,
             )
@@ -304,7 +328,8 @@ class MASM(Adapter):
 
 def _subspace_bases(layer: SubspaceLayer) -> list[np.ndarray]:
     """Column bases of each subspace's left factor (blocks stacked along the rows)."""
-    return [u.detach().reshape(-1, u.shape[-1]).double().cpu().numpy() for u in layer.U]
+    us = (layer.subspace(k)[0] for k in range(layer.K))
+    return [u.detach().reshape(-1, u.shape[-1]).double().cpu().numpy() for u in us]
 
 
 @register_method(

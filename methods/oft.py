@@ -9,8 +9,8 @@ from torch import nn
 
 from bench.adapter import Adapter
 from bench.registry import register_method
+from bench.targets import resolve_targets
 from methods.peft_tuning import PeftAdapter
-from methods.svd_layer import resolve_targets
 
 
 @dataclass

@@ -11,9 +11,9 @@ from torch import nn
 
 from bench.adapter import Adapter
 from bench.registry import register_method
+from bench.targets import resolve_targets
 from methods.masm import DEFAULT_K
 from methods.peft_tuning import PeftAdapter, linear_only
-from methods.svd_layer import resolve_targets
 
 
 @dataclass

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from bench.backbone import create_backbone
-from bench.config import ModelConfig
+from bench.config import ModelConfig, OptimConfig
 from bench.grid import resolve_config
 from bench.registry import get_method
+from bench.step import build_optimizer
 from bench.train import train
 from methods.fmsd import FMSD, choose, layer_scores
-from methods.svd_layer import SubspaceLayer
+from methods.subspaces.layer import SubspaceLayer
 from tests.conftest import tiny_config
 
 VIT = ModelConfig(name="test_vit", pretrained=False, img_size=32)
@@ -66,7 +67,7 @@ def test_unselected_layers_have_no_subspaces_and_stay_bit_identical_and_the_outp
         expected = reference(images)
     with model.evaluating():
         torch.testing.assert_close(model(images), expected, rtol=1e-5, atol=1e-6)
-    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-2)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-2, weight_decay=0.05), torch.device("cpu"))
     for batch in _batches(3):
         loss, _ = model.training_loss(batch["image"], batch["label"], batch["method"])
         loss.backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bench.slot_optim import Slots
 from methods.masks import GradStats, gradsnr_mask, random_mask, state_mask, state_ratios
 
 
@@ -30,22 +31,29 @@ def test_random_mask_matches_the_ratio_of_state() -> None:
 
 
 def test_gradsnr_keeps_layers_with_consistent_gradients() -> None:
-    stats = GradStats(layers=4, subspaces=1, decay=0.9)
+    stats = GradStats(decay=0.9)
+    slots = Slots(torch.ones(4, 1, dtype=torch.bool), 16)  # 4 layers, one subspace of 16 values each
     g = torch.Generator().manual_seed(0)
     direction = torch.randn(16, generator=g)
     for _ in range(100):
+        rows = []
         for layer in range(4):
             consistent = layer in (1, 3)
-            grad = direction + 0.1 * torch.randn(16, generator=g) if consistent else torch.randn(16, generator=g)
-            stats.update(layer, 0, grad)
-    snr = stats.snr()
+            rows.append(direction + 0.1 * torch.randn(16, generator=g) if consistent else torch.randn(16, generator=g))
+        stats.update([torch.stack(rows)], slots, slots.live)
+    snr = stats.snr(slots)
     assert snr[1, 0] > 10 * snr[0, 0] and snr[3, 0] > 10 * snr[2, 0]
     assert gradsnr_mask(snr, keep=0.5)[:, 0].tolist() == [False, True, False, True]
 
 
-def test_gradstats_round_trip() -> None:
-    stats = GradStats(2, 2, 0.5)
-    stats.update(1, 0, torch.ones(3))
-    copy = GradStats(2, 2, 0.5)
+def test_gradstats_skip_unseen_slots_and_round_trip() -> None:
+    slots = Slots(torch.ones(2, 2, dtype=torch.bool), 3)
+    stats = GradStats(0.5)
+    seen = torch.tensor([[False, False], [True, False]])
+    stats.update([torch.ones(2, 4, 6)], slots, seen)
+    snr = stats.snr(slots)
+    assert stats.sq is not None and stats.sq.tolist() == [[0.0, 0.0], [6.0, 0.0]]  # 0.5 * (4 rows x 3 columns)
+    assert snr[0].tolist() == [0.0, 0.0] and snr[1, 1] == 0 and snr[1, 0] > 0
+    copy = GradStats(0.5)
     copy.load_state_dict(stats.state_dict())
-    assert torch.equal(copy.snr(), stats.snr()) and torch.equal(copy.mean[(1, 0)], stats.mean[(1, 0)])
+    assert torch.equal(copy.snr(slots), snr) and torch.equal(copy.mean[0], stats.mean[0])

@@ -10,9 +10,10 @@ import torch
 
 from bench.backbone import create_backbone
 from bench.cli import main
-from bench.config import ModelConfig
+from bench.config import ModelConfig, OptimConfig
 from bench.grid import resolve_config
 from bench.registry import get_method
+from bench.step import build_optimizer
 from bench.train import train
 from tests.conftest import tiny_config
 
@@ -24,7 +25,23 @@ def _model(name: str = "masm", **options: object) -> torch.nn.Module:
 
 
 def _factors(model: torch.nn.Module, k: int) -> list[torch.Tensor]:
-    return [p.detach().clone() for layer in model.layers for p in layer.subspace_parameters(k)]
+    return [f.detach().clone() for layer in model.layers for f in layer.subspace(k)]
+
+
+def _optimizer(model: torch.nn.Module, decay: float = 0.05, lr: float = 1e-2) -> torch.optim.Optimizer:
+    return build_optimizer(model, OptimConfig(lr=lr, weight_decay=decay), torch.device("cpu"))
+
+
+def _slot_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, layer: int, k: int) -> list[torch.Tensor]:
+    """Slot (layer, k): its factors and their AdamW moments and step count, copied."""
+    group, i = model.layers[layer].home
+    columns = slice(k * model.options.r, (k + 1) * model.options.r)
+    out = [f.detach().clone() for f in model.layers[layer].subspace(k)]
+    for p in (group.u, group.s, group.v):
+        state = optimizer.state[p]
+        out += [state["exp_avg"][i][..., columns].clone(), state["exp_avg_sq"][i][..., columns].clone()]
+        out.append(state["steps"][i, k].clone())
+    return out
 
 
 def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, methods: list[int], step: int = 0) -> None:
@@ -42,7 +59,7 @@ def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, methods: lis
 
 def test_routing_moves_only_the_subspace_of_the_batch_method() -> None:
     model = _model(mask="none")
-    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-2)
+    optimizer = _optimizer(model)
     before = [_factors(model, k) for k in range(4)]
     _step(model, optimizer, [2] * 8)  # fakes of method 2 only
     for k in range(4):
@@ -60,20 +77,13 @@ def test_reals_reach_every_subspace_and_no_routing_mixes() -> None:
 
 def test_masked_factors_and_their_moments_do_not_move() -> None:
     model = _model(mask="none")
-    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-2)
+    optimizer = _optimizer(model)
     _step(model, optimizer, [-1, -1, 0, 1, 2, 3, 0, 1], step=0)  # creates AdamW moments for every factor
     model.mask[0, 1] = False  # layer 0, subspace 1 frozen
-    masked = model.layers[0].subspace_parameters(1)
-    free = model.layers[0].subspace_parameters(0)
-    snapshot = {
-        id(p): (p.detach().clone(), {k: v.clone() for k, v in optimizer.state[p].items()}) for p in masked + free
-    }
+    masked, free = _slot_state(model, optimizer, 0, 1), _slot_state(model, optimizer, 0, 0)
     _step(model, optimizer, [-1, -1, 0, 1, 2, 3, 0, 1], step=1)
-    for p in masked:
-        value, moments = snapshot[id(p)]
-        assert torch.equal(p, value)
-        assert all(torch.equal(optimizer.state[p][k], v) for k, v in moments.items())
-    assert not all(torch.equal(p, snapshot[id(p)][0]) for p in free)
+    assert all(torch.equal(a, b) for a, b in zip(_slot_state(model, optimizer, 0, 1), masked, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(_factors(model, 0)[:3], free[:3], strict=True))
 
 
 def test_constraints_zero_at_init_positive_after_training() -> None:
@@ -82,7 +92,7 @@ def test_constraints_zero_at_init_positive_after_training() -> None:
     methods = torch.tensor([-1, -1, 0, 1, 2, 3, 0, 1])
     _, parts = model.training_loss(torch.randn(8, 3, 32, 32), (methods >= 0).long(), methods)
     assert parts["orth"] == pytest.approx(0, abs=1e-9) and parts["spec"] == pytest.approx(0, abs=1e-9)
-    optimizer = torch.optim.AdamW(model.param_groups(0.0), lr=5e-2)
+    optimizer = _optimizer(model, decay=0.0, lr=5e-2)
     for step in range(3):
         _step(model, optimizer, methods.tolist(), step)
     _, parts = model.training_loss(torch.randn(8, 3, 32, 32), (methods >= 0).long(), methods)
@@ -91,7 +101,7 @@ def test_constraints_zero_at_init_positive_after_training() -> None:
 
 def test_state_mask_refreshes_on_schedule_and_freezes_the_fastest_subspace() -> None:
     model = _model(mask="state", mask_every=2, rho_max=0.5, tau=0.5)
-    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-2)
+    optimizer = _optimizer(model)
     for step in range(2):
         _step(model, optimizer, [-1, -1, 0, 1, 2, 3, 0, 1], step)
     assert len(model.history) == 1
@@ -104,7 +114,7 @@ def test_state_mask_refreshes_on_schedule_and_freezes_the_fastest_subspace() -> 
 def test_activity_diagnostics_report_drift_and_the_spread_of_routed_losses(tmp_path: Path) -> None:
     model = _model(mask="none")
     assert model.diagnostics(tmp_path)["factor_drift"] == pytest.approx(0.0, abs=1e-6)  # untrained: W_eff == W
-    optimizer = torch.optim.AdamW(model.param_groups(0.0), lr=5e-2)
+    optimizer = _optimizer(model, decay=0.0, lr=5e-2)
     for step in range(2):
         _step(model, optimizer, [-1, -1, 0, 1, 2, 3, 0, 1], step)
     model.loss_ema.copy_(torch.tensor([0.2, 0.4, 0.4, 0.4]))

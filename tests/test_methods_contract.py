@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from bench.adapter import Adapter
 from bench.backbone import create_backbone
-from bench.config import ModelConfig
+from bench.config import ModelConfig, OptimConfig
 from bench.registry import UnsupportedBackbone, get_method, list_methods
+from bench.step import Step
 
 BACKBONES = {
     "vit": ModelConfig(name="test_vit", pretrained=False, img_size=32),
@@ -33,15 +36,13 @@ def _apply(name: str, cfg: ModelConfig, seed: int = 0) -> Adapter:
         pytest.skip(f"{name}: {get_method(name).limits}")
 
 
-def _step(model: torch.nn.Module) -> None:
-    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-2)
+def _step(model: Adapter) -> None:
+    """One step of the loop's :class:`~bench.step.Step` (AdamW, decay 0.05, rate 1e-2, clipping at 1)."""
+    step = Step.build(model, OptimConfig(lr=1e-2, weight_decay=0.05, schedule="none"), torch.device("cpu"), 1)
     model.train()
-    loss, parts = model.training_loss(*_batch())
-    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
-    loss.backward()
-    model.before_optimizer_step(0)
-    optimizer.step()
-    model.after_optimizer_step(0)
+    images, labels, methods = _batch()
+    values = step([{"image": images, "label": labels, "method": methods}], 0)
+    assert all(math.isfinite(v) for v in values.values())
 
 
 @pytest.fixture(params=list(BACKBONES))
@@ -107,3 +108,21 @@ def test_a_method_that_cannot_adapt_a_backbone_says_so_in_one_line(name: str) ->
     with pytest.raises(UnsupportedBackbone, match=f"method {name.split('/')[0]} adapts") as err:
         get_method(name).apply(create_backbone(BACKBONES["cnn"], seed=0))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if n.startswith(("masm", "fmsd"))])
+def test_slotted_steps_read_nothing_back_to_the_host(name: str) -> None:
+    """A step of a method with slots (mask refreshes included) reads no scalar to the host: nothing a GPU waits on."""
+    model = get_method(name).apply(create_backbone(BACKBONES["vit"], seed=0), mask_every=2)
+    images, labels, methods = _batch()
+    batch = {"image": images, "label": labels, "method": methods}
+    model.prepare(lambda n: iter([batch] * n), None)
+    if not model.slots():
+        pytest.skip(f"{name} has no slots: it steps with torch's AdamW (which reads its step counts on a CPU)")
+    step = Step.build(model, OptimConfig(lr=1e-2), torch.device("cpu"), 4)
+    model.train()
+    step([batch], 0)
+    with torch.profiler.profile() as prof:
+        for i in range(1, 4):
+            step([batch], i)
+    assert not [e for e in prof.key_averages() if e.key == "aten::_local_scalar_dense"]

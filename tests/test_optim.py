@@ -10,7 +10,8 @@ from torch import nn
 
 from bench.adapter import Adapter
 from bench.config import ConfigError, OptimConfig
-from bench.train import build_optimizer, schedule, train
+from bench.step import build_optimizer, schedule
+from bench.train import train
 from tests.conftest import tiny_config
 
 LR, DECAY, GRAD, START, EPS = 0.1, 0.5, -1e-3, 10.0, 1e-8

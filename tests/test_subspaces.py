@@ -13,24 +13,11 @@ import torch.nn.functional as F
 from timm.layers import Conv2dSame
 from torch import Tensor, nn
 
-from methods.svd_layer import (
-    FactorStack,
-    LowRankLinear,
-    SubspaceLayer,
-    SVDCache,
-    compute_copies,
-    effort_orth_loss,
-    energy_loss,
-    fingerprint,
-    inject,
-    merged,
-    orth_loss,
-    routing,
-    shared_factors,
-    spectral_loss,
-    stack_factors,
-    subspace_layers,
-)
+from methods.subspaces.constraints import effort_orth_loss, energy_loss, orth_loss, small_svdvals, spectral_loss
+from methods.subspaces.layer import SubspaceLayer, inject, merged, routing, subspace_layers
+from methods.subspaces.low_rank import LowRankLinear, compute_copies
+from methods.subspaces.stack import FactorStack, shared_factors, stack_factors
+from methods.subspaces.svd import SVDCache, fingerprint
 
 F64 = torch.float64
 
@@ -54,10 +41,10 @@ def images(model: nn.Module, n: int = 4, size: int = 32) -> Tensor:
 def perturb(model: nn.Module, scale: float = 0.1) -> None:
     """Move every factor (a stand-in for training)."""
     g = torch.Generator().manual_seed(2)
-    for _, layer in subspace_layers(model):
-        for p in layer.parameters():
-            if p.requires_grad:
-                p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    with torch.no_grad():
+        for _, layer in subspace_layers(model):
+            for f in layer.factors():
+                f.add_(scale * f.abs().mean() * torch.randn(f.shape, generator=g, dtype=f.dtype))
 
 
 def layers_of(model: nn.Module) -> list[SubspaceLayer]:
@@ -113,11 +100,12 @@ def test_split_qkv_decomposes_q_k_v_separately() -> None:
     weight = model.blocks[0].attn.qkv.weight.detach().clone()
     inject(model, "attn", K=2, r=3)
     layer = model.blocks[0].attn.qkv
-    assert layer.blocks == 3 and layer.U[0].shape == (3, 64, 3) and layer.u_tail0.shape == (3, 64, 6)
+    assert layer.blocks == 3 and layer.subspace(0)[0].shape == (3, 64, 3) and layer.u_tail0.shape == (3, 64, 6)
     for b, rows in enumerate(weight.split(64)):
         sigma = torch.linalg.svdvals(rows)
         torch.testing.assert_close(layer.sigma_tail[b], sigma[-6:])
-        torch.testing.assert_close(torch.cat([layer.s[0][b], layer.s[1][b]]), sigma[-6:])  # subspace 0: largest
+        singular = torch.cat([layer.subspace(0)[1][b], layer.subspace(1)[1][b]])
+        torch.testing.assert_close(singular, sigma[-6:])  # subspace 0: largest
     assert model.blocks[0].attn.proj.blocks == 1
     assert not any(p.requires_grad for p in layer.base_layer.parameters())
     torch.testing.assert_close(layer.pretrained_weight(), weight, rtol=1e-12, atol=1e-14)
@@ -146,7 +134,7 @@ def test_semantic_part_frozen_and_outside_state_dict() -> None:
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     assert {"sigma_tail", "u_tail0", "v_tail0"} <= {n.rsplit(".", 1)[-1] for n in buffers}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.split(".")[-2] in SubspaceLayer.adapter_layer_names for n in trainable)
+    assert trainable and all(n.startswith("subspace_factors.") for n in trainable)
     state = model.state_dict()
     assert not set(buffers) & set(state) and "blocks.0.attn.qkv.base_layer.weight" in state
     factors = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -198,7 +186,8 @@ def test_dense_and_low_rank_same_loss_and_factor_gradients(case: str) -> None:
         layer.dense = True
     dense_loss, dense_grads = loss_and_grads(model, x)
     torch.testing.assert_close(dense_loss, loss, rtol=1e-12, atol=0)
-    assert grads.keys() == dense_grads.keys() and len(grads) == 3 * 2 * len(list(subspace_layers(model)))
+    groups = {id(layer.home[0]) for _, layer in subspace_layers(model)}
+    assert grads.keys() == dense_grads.keys() and len(grads) == 3 * len(groups)
     for name, grad in grads.items():
         torch.testing.assert_close(dense_grads[name], grad, rtol=1e-9, atol=1e-12)
 
@@ -244,7 +233,7 @@ def routed_run(model: nn.Module, x: Tensor, route: Tensor | None, samples: list[
 
 
 def subspace_grads(model: nn.Module, k: int) -> list[Tensor | None]:
-    return [p.grad for _, layer in subspace_layers(model) for p in layer.subspace_parameters(k)]
+    return [g for _, layer in subspace_layers(model) for g in layer.subspace_grads(k)]
 
 
 class ConvNet(nn.Module):
@@ -271,9 +260,7 @@ def routable(case: str, n: int, K: int) -> tuple[nn.Module, Tensor]:
         model, x = ConvNet().to(F64), torch.randn(n, 4, 11, 11, dtype=F64)
         inject(model, "a|b", K=K, r=1)
     model.requires_grad_(False)
-    for _, layer in subspace_layers(model):
-        layer.requires_grad_(True)
-        layer.base_layer.requires_grad_(False)
+    model.subspace_factors.requires_grad_(True)
     perturb(model)
     return model, x
 
@@ -373,7 +360,7 @@ def test_losses_zero_at_init_positive_after_perturbation(loss: Callable[[FactorS
         value = one(loss, layer)
         assert 0 <= value < 1e-10
         value.backward()
-        assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+        assert all(torch.isfinite(p.grad).all() for p in layer.home[0].parameters() if p.grad is not None)
     for layer in layers:
         perturb(layer)
         assert one(loss, layer) > 1e-6
@@ -381,7 +368,7 @@ def test_losses_zero_at_init_positive_after_perturbation(loss: Callable[[FactorS
 
 def naive_losses(layer: SubspaceLayer) -> dict[str, Tensor]:
     """The formulas of the spec, block by block, with dense matrices."""
-    u, s, v = (torch.cat(list(ps), -1) for ps in (layer.U, layer.s, layer.V))
+    u, s, v = layer.factors()
     weight = layer.pretrained_weight().reshape(layer.blocks, u.shape[1], -1)
     w_eff = layer.effective_weight().reshape(weight.shape)
     svd_u, sigmas, svd_vh = torch.linalg.svd(weight, full_matrices=False)  # the semantic bases, from scratch
@@ -413,9 +400,8 @@ def naive_losses(layer: SubspaceLayer) -> dict[str, Tensor]:
 def test_fast_losses_equal_naive_formulas_on_random_factors() -> None:
     g = torch.Generator().manual_seed(3)
     for layer in sample_layers():
-        for p in layer.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=F64) * (0.3 if p.ndim == 3 else 1.0))
+        for f in layer.factors():
+            f.copy_(torch.randn(f.shape, generator=g, dtype=F64) * (0.3 if f.ndim == 3 else 1.0))
         naive = naive_losses(layer)
         fast = {"orth": orth_loss, "spec": spectral_loss, "energy": energy_loss, "effort": effort_orth_loss}
         for key, fn in fast.items():
@@ -526,3 +512,16 @@ def test_injection_errors() -> None:
         inject(lite0(), r"blocks\.0\.0\.conv_dw", K=1, r=1)
     with pytest.raises(ValueError, match=r"route has shape \(2, 1\)"), routing(layers_of(model), torch.ones(2, 1)):
         model(images(model))
+
+
+@pytest.mark.parametrize("c", [1, 3, 4, 16])
+def test_small_svdvals_equal_torch_values_and_gradients_without_a_host_read(c: int) -> None:
+    core = torch.randn(5, 3, c, c, generator=torch.Generator().manual_seed(c), dtype=F64, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        ours = small_svdvals(core)
+    assert not [e for e in prof.key_averages() if e.key == "aten::_local_scalar_dense"]
+    reference = torch.linalg.svdvals(core)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    (got,) = torch.autograd.grad((ours.square() + ours).sum(), core)
+    (want,) = torch.autograd.grad((reference.square() + reference).sum(), core)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
