@@ -165,6 +165,11 @@ class Settings:
     loader_batches: int = 50
     profile_dir: str | None = None
 
+    @property
+    def worker_steps(self) -> int:
+        """Training steps a worker runs: the first, the rest of the warm-up, the timed ones and the profiled ones."""
+        return self.warmup + self.steps + PROFILE_STEPS
+
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     """``name[:key=value...]`` to the registered name and its option overrides."""
@@ -178,13 +183,14 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     return name, overrides
 
 
-def _resolve(spec: str) -> tuple[Any, Any]:
-    """The registered method of a row and its options, bound to :data:`K_METHODS` forgery methods."""
+def _resolve(spec: str, total_steps: int) -> tuple[Any, Any]:
+    """The registered method of a row and its options, bound to :data:`K_METHODS` forgery methods and a run of
+    ``total_steps`` steps."""
     from bench.registry import get_method
 
     name, overrides = parse_method(spec)
     method = get_method(name)
-    return method, method.resolve(overrides, [f"method{k}" for k in range(K_METHODS)])
+    return method, method.resolve(overrides, [f"method{k}" for k in range(K_METHODS)], total_steps)
 
 
 # ------------------------------------------------------------------------------------------------ worker processes
@@ -281,7 +287,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
     from bench.config import ModelConfig, OptimConfig
     from bench.train import build_optimizer
 
-    method, options = _resolve(row)  # imports the methods
+    method, options = _resolve(row, s.worker_steps)  # imports the methods
     base_mem = _rss_mb()
     device = torch.device(s.device)
     cuda = device.type == "cuda"
@@ -320,7 +326,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         memory_format = _memory_format(s, model)
         model = _prepare(model, memory_format, s.compile)
         images = images.contiguous(memory_format=memory_format)
-        steps = iter(range(s.warmup + s.steps + PROFILE_STEPS))
+        steps = iter(range(s.worker_steps))
 
         def step() -> object:
             return train_step(model, optimizer, trainable, (images, labels, methods), device, next(steps))
@@ -499,7 +505,7 @@ def measure(
     """
     rows = rows_in_order(s.methods)
     for row in rows:
-        _resolve(row)  # unknown methods and invalid options fail before any process starts
+        _resolve(row, s.worker_steps)  # unknown methods and invalid options fail before any process starts
     check_loader_batch(s)
     runs: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
     loader: list[float] = []
