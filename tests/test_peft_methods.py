@@ -1,4 +1,5 @@
-"""PEFT methods beyond the contract: AdaLoRA's rank allocation through the loop's hooks and across a resume."""
+"""PEFT methods beyond the contract: AdaLoRA's rank allocation through the loop's hooks and across a resume; BOFT's
+butterfly trained as asked or refused."""
 
 from __future__ import annotations
 
@@ -102,3 +103,14 @@ def test_adalora_refuses_a_run_whose_length_is_left_to_the_data(tiny_cards: tupl
     cfg = tiny_config(tiny_cards, tmp_path, method={"name": "adalora"}, train={"steps_per_epoch": None})
     with pytest.raises(ConfigError, match=r"set train.steps_per_epoch .*\(method 'adalora'\)"):
         resolve_config(cfg)
+
+
+def test_boft_trains_the_butterfly_asked_for_or_refuses_it() -> None:
+    from peft.tuners.boft.layer import get_fbd_cuda
+
+    if get_fbd_cuda() is None:  # PEFT would train one factor instead
+        with pytest.raises(ConfigError, match="butterfly=2 needs PEFT's fbd CUDA extension"):
+            get_method("boft").apply(create_backbone(VIT, seed=0), butterfly=2)
+        return
+    model = get_method("boft").apply(create_backbone(VIT, seed=0), butterfly=2)
+    assert {p.shape[0] for n, p in model.named_parameters() if "boft_R" in n} == {2}
