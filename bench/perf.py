@@ -57,8 +57,10 @@ DEFAULT_METHODS = (
     "masm:routing=none:targets=all:dense=true",
     "dora",
     "pissa",
+    "adalora",
     "osf",
     "oft",
+    "boft",
     "ln-tuning",
     "bitfit",
 )
