@@ -209,6 +209,12 @@ class TrainConfig:
         if self.steps_per_epoch is not None:
             _positive("train.steps_per_epoch", self.steps_per_epoch)
 
+    @property
+    def total_steps(self) -> int | None:
+        """The run's optimizer steps where ``steps_per_epoch`` fixes them; ``None`` leaves them to the size of the
+        training split (one pass per epoch)."""
+        return None if self.steps_per_epoch is None else self.epochs * self.steps_per_epoch
+
 
 @dataclass
 class EvalConfig:

@@ -174,9 +174,9 @@ def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
     """``cfg`` with its method options checked and completed (defaults, and what depends on the training card's
-    forgery methods), so that equal runs hash equal."""
+    forgery methods or on the run's length), so that equal runs hash equal."""
     methods = training_methods(load_card(cfg.data.train).methods, cfg.data.synthesis)
-    options = get_method(cfg.method.name).resolve(cfg.method.options, methods)
+    options = get_method(cfg.method.name).resolve(cfg.method.options, methods, cfg.train.total_steps)
     return dataclasses.replace(cfg, method=MethodConfig(cfg.method.name, dataclasses.asdict(options)))
 
 

@@ -55,8 +55,10 @@ DEFAULT_METHODS = (
     "masm:routing=none:targets=all:dense=true",
     "dora",
     "pissa",
+    "adalora",
     "osf",
     "oft",
+    "boft",
     "ln-tuning",
     "bitfit",
 )
@@ -178,6 +180,11 @@ class Settings:
     loader_batches: int = 50
     profile_dir: str | None = None
 
+    @property
+    def worker_steps(self) -> int:
+        """Training steps a worker runs: the first, the rest of the warm-up, the timed ones and the profiled ones."""
+        return self.warmup + self.steps + PROFILE_STEPS
+
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     """``name[:key=value...]`` to the registered name and its option overrides."""
@@ -191,13 +198,14 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     return name, overrides
 
 
-def _resolve(spec: str) -> tuple[Any, Any]:
-    """The registered method of a row and its options, bound to :data:`K_METHODS` forgery methods."""
+def _resolve(spec: str, total_steps: int) -> tuple[Any, Any]:
+    """The registered method of a row and its options, bound to :data:`K_METHODS` forgery methods and a run of
+    ``total_steps`` steps."""
     from bench.registry import get_method
 
     name, overrides = parse_method(spec)
     method = get_method(name)
-    return method, method.resolve(overrides, [f"method{k}" for k in range(K_METHODS)])
+    return method, method.resolve(overrides, [f"method{k}" for k in range(K_METHODS)], total_steps)
 
 
 # ------------------------------------------------------------------------------------------------ worker processes
@@ -260,7 +268,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
     from bench.config import ModelConfig, OptimConfig
     from bench.step import Step, backward
 
-    method, options = _resolve(row)  # imports the methods
+    method, options = _resolve(row, s.worker_steps)  # imports the methods
     base_mem = _rss_mb()
     device = torch.device(s.device)
     cuda = device.type == "cuda"
@@ -290,8 +298,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         model, setup_cold = build()
         size = data_config(model.backbone, cfg)["input_size"][-1]
         batch = synthetic_batch(s.batch_size, size, device)
-        total = s.warmup + s.steps + PROFILE_STEPS
-        train = Step.build(model, OptimConfig(), device, total)  # the loop's step, at the defaults
+        train = Step.build(model, OptimConfig(), device, s.worker_steps)  # the loop's step, at the defaults
         model.train()
         with FlopCounterMode(display=False) as counter:  # one eager forward and backward
             backward(model.training_loss, batch, device)
@@ -299,7 +306,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         memory_format = _memory_format(s, model)
         model = _prepare(model, memory_format, s.compile)
         batch = {**batch, "image": batch["image"].contiguous(memory_format=memory_format)}
-        steps = iter(range(total))
+        steps = iter(range(s.worker_steps))
 
         def step() -> object:
             return train([batch], next(steps))  # raises TrainingError on a non-finite loss
@@ -483,7 +490,7 @@ def measure(
     """
     rows = rows_in_order(s.methods)
     for row in rows:
-        _resolve(row)  # unknown methods and invalid options fail before any process starts
+        _resolve(row, s.worker_steps)  # unknown methods and invalid options fail before any process starts
     check_loader_batch(s)
     runs: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
     loader: list[float] = []

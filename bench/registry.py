@@ -37,18 +37,28 @@ class Method:
     preset: dict[str, Any] = field(default_factory=dict)
     limits: str = ""
 
-    def resolve(self, overrides: dict[str, Any] | None = None, forgery_methods: list[str] | None = None) -> Any:
+    def resolve(
+        self,
+        overrides: dict[str, Any] | None = None,
+        forgery_methods: list[str] | None = None,
+        total_steps: int | None = None,
+    ) -> Any:
         """The options dataclass with the preset, then ``overrides``, applied and checked.
 
-        Options that depend on the training data (an options class with ``bind(forgery_methods)``, e.g. MASM's
-        number of subspaces) are completed from ``forgery_methods`` when given.
+        A run gives ``forgery_methods`` and, where its config fixes it, its number of optimizer steps. Options that
+        depend on the training data (an options class with ``bind(forgery_methods)``, e.g. MASM's number of
+        subspaces) are completed from the first, options that depend on the run's length (``bind_steps(total_steps)``,
+        e.g. AdaLoRA's rank schedule) from the second, ``None`` when the config leaves it to the data. Outside a run
+        (no ``forgery_methods``), nothing is bound.
         """
         values = {**self.preset, **(overrides or {})}
         try:
             options = build_dataclass(self.options, values, "method.options", "config")
-            bind = getattr(options, "bind", None)
+            bind, bind_steps = getattr(options, "bind", None), getattr(options, "bind_steps", None)
             if bind is not None and forgery_methods is not None:
                 bind(forgery_methods)
+            if bind_steps is not None and forgery_methods is not None:
+                bind_steps(total_steps)
         except ConfigError as err:
             raise ConfigError(f"{err} (method '{self.name}')") from None
         return options

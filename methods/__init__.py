@@ -4,6 +4,19 @@ A module that needs an optional dependency imports it inside its builder, so a m
 that method.
 """
 
-from methods import bitfit, effort, fmsd, full_ft, linear_probe, ln_tuning, lora, masm, oft, osf
+from methods import adalora, bitfit, boft, effort, fmsd, full_ft, linear_probe, ln_tuning, lora, masm, oft, osf
 
-__all__ = ["bitfit", "effort", "fmsd", "full_ft", "linear_probe", "ln_tuning", "lora", "masm", "oft", "osf"]
+__all__ = [
+    "adalora",
+    "bitfit",
+    "boft",
+    "effort",
+    "fmsd",
+    "full_ft",
+    "linear_probe",
+    "ln_tuning",
+    "lora",
+    "masm",
+    "oft",
+    "osf",
+]

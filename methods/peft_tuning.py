@@ -32,15 +32,21 @@ class PeftAdapter(Adapter):
     """
 
     def __init__(self, backbone: nn.Module, config: Any, merge: bool = True) -> None:
-        from peft import inject_adapter_in_model
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         super().__init__(backbone)
         backbone.requires_grad_(False)
-        inject_adapter_in_model(config, backbone)  # marks the tuner's own parameters trainable
+        self.inject(config)  # marks the tuner's own parameters trainable
         self.tuned = {n: m for n, m in backbone.named_modules() if isinstance(m, BaseTunerLayer)}
         classifier(backbone).requires_grad_(True)
         self.merges = merge
+
+    def inject(self, config: Any) -> None:
+        """Put the tuner layers of ``config`` into the backbone (a tuner that trains through state of its own model
+        object overrides this to keep it)."""
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, self.backbone)
 
     def _weights(self) -> dict[str, torch.Tensor]:
         return {n: _weight(m.get_base_layer()) for n, m in self.tuned.items()}

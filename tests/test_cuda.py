@@ -48,7 +48,7 @@ def test_low_rank_linear_under_bf16_autocast_tracks_float32() -> None:
 
 
 def test_constraints_stay_float32_under_autocast() -> None:
-    method, options = perf._resolve("masm")
+    method, options = perf._resolve("masm", 1)
     backbone = create_backbone(ModelConfig(name="test_vit", pretrained=False, img_size=32), seed=0)
     model = method.build(backbone, options).to(CUDA).train()
     parts = backward(model.training_loss, perf.synthetic_batch(8, 32, CUDA), CUDA)  # bf16 autocast, as the loop

@@ -195,7 +195,7 @@ def test_dense_and_low_rank_rows_give_the_same_loss_and_factor_gradients() -> No
     batch = perf.synthetic_batch(8, 32, torch.device("cpu"))
     results = []
     for spec in ("masm:routing=none", "masm:routing=none:dense=true"):
-        method, options = perf._resolve(spec)
+        method, options = perf._resolve(spec, 1)
         model = method.build(create_backbone(cfg, seed=0).double(), options).double().train()
         parts = backward(model.training_loss, {**batch, "image": batch["image"].double()}, torch.device("cpu"))
         results.append((parts, {n: p.grad for n, p in model.trainable_parameters()}))

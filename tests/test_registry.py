@@ -43,3 +43,22 @@ def test_variant_presets_options(monkeypatch: pytest.MonkeyPatch) -> None:
     registry.register_variant("toy/r=4", "toy", "toy with rank 4", rank=4)
     assert get_method("toy/r=4").resolve().rank == 4
     assert get_method("toy").resolve({"rank": 2}).rank == 2
+
+
+def test_the_run_length_is_bound_in_a_run_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclass
+    class Options:
+        steps: int | None = None
+
+        def bind_steps(self, total_steps: int | None) -> None:
+            if total_steps is None:
+                raise ConfigError("needs the run's length")
+            self.steps = total_steps
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    register_method("toy", Options, "toy")(lambda backbone, options: options)
+    method = get_method("toy")
+    assert method.resolve().steps is None  # outside a run nothing is bound
+    assert method.resolve({}, ["a", "b"], 12).steps == 12
+    with pytest.raises(ConfigError, match=r"needs the run's length \(method 'toy'\)"):
+        method.resolve({}, ["a", "b"])  # a run whose config leaves its length to the data
