@@ -66,8 +66,10 @@ def layer_scores(gradients: Iterable[list[Tensor]], layers: int, rule: str, ema:
         slots = slots or [Slots(torch.ones(1, 1, dtype=torch.bool, device=g.device), g.numel()) for g in grads]
         for layer, grad, slot in zip(stats, grads, slots, strict=True):
             layer.update([grad.reshape(1, -1)], slot, slot.live)
+    if not slots:  # no batches
+        return torch.zeros(layers, dtype=torch.float64, device="cpu")
     scores = [s.squares(slot) if rule == "gradnorm" else s.snr(slot) for s, slot in zip(stats, slots, strict=True)]
-    return torch.cat([score.reshape(1) for score in scores]).cpu() if scores else torch.zeros(layers)
+    return torch.cat([score.reshape(1) for score in scores]).cpu()
 
 
 def choose(scores: Tensor, keep: float, rule: str, seed: int) -> list[int]:

@@ -53,7 +53,7 @@ def gradsnr_mask(snr: Tensor, keep: float) -> Tensor:
     """The ``gradsnr`` rule: per subspace keep the ``keep`` fraction of layers with the highest bias^2 / variance."""
     layers = snr.shape[0]
     n_keep = max(1, round(keep * layers))
-    return freeze_largest(-snr, torch.full((snr.shape[1],), layers - n_keep))
+    return freeze_largest(-snr, torch.full((snr.shape[1],), layers - n_keep, device=snr.device))
 
 
 class GradStats:

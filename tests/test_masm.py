@@ -176,3 +176,12 @@ def test_lora_evaluates_merged_and_restores_its_base_weights_exactly() -> None:
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
     assert not any(m.merged for m in lora.tuned.values())
     assert all(torch.equal(m.get_base_layer().weight, base[n]) for n, m in lora.tuned.items())
+
+
+def test_params_lists_every_method_on_the_meta_device(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.registry import list_methods
+
+    assert main(["params", "--backbone", "test_vit"]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert list(rows) == list_methods()
+    assert rows["fmsd/no-selection"] == rows["masm"] and int(rows["fmsd"].replace(",", "")) > 0
