@@ -135,12 +135,18 @@ class Step:
 
     @classmethod
     def build(
-        cls, model: Adapter, optim: OptimConfig, device: torch.device, total: int, amp: bool = True, **kw: object
+        cls,
+        model: Adapter,
+        optim: OptimConfig,
+        device: torch.device,
+        total: int,
+        amp: bool = True,
+        loss: nn.Module | None = None,
     ) -> Step:
         """The step of ``optim`` (optimizer, ``total`` steps of its schedule, clipping) for ``model``."""
         optimizer = build_optimizer(model, optim, device)
         scheduler = LambdaLR(optimizer, schedule(optim.schedule, optim.warmup_steps, total))
-        return cls(model, optimizer, scheduler, device, amp, optim.grad_clip, **kw)  # type: ignore[arg-type]
+        return cls(model, optimizer, scheduler, device, amp, optim.grad_clip, loss)
 
     def __call__(self, batches: Sequence[Batch], step: int) -> dict[str, float]:
         """Optimizer step ``step`` (0-based) on the mean gradient of ``batches``; the mean losses and the rate used.
