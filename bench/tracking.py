@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 PACKAGES = ("torch", "torchvision", "timm", "mlflow", "numpy", "scikit-learn", "peft", "submitit")
 HASH_TAG = "config_hash"
+NOTE = "mlflow.note.content"
+"""The tag that MLflow shows as an experiment's or a run's description (Markdown)."""
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -157,6 +159,9 @@ class Run:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self._record({"op": "metrics", "step": step, "values": {k: float(v) for k, v in metrics.items()}})
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._record({"op": "tags", "values": tags})
+
     def log_artifacts(self) -> None:
         """Upload the run folder's files (not checkpoints, temporaries or the journal)."""
         self._record({"op": "artifacts"})
@@ -240,6 +245,8 @@ def _send(client: Any, head: Head, record: dict[str, Any], folder: Path) -> str:
         items = [Metric(k, v, record["time"], record["step"]) for k, v in record["values"].items()]
         for start in range(0, len(items), 900):
             client.log_batch(run_id, metrics=items[start : start + 900])
+    elif record["op"] == "tags":
+        client.log_batch(run_id, tags=_tags(record["values"]))
     elif record["op"] == "artifacts":
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.suffix not in (".pt", ".tmp") and path.name not in (RECORDS, HEAD):

@@ -1,0 +1,118 @@
+"""The leaderboard: what a grid's runs log to MLflow, and what the report reads beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+from mlflow.tracking import MlflowClient
+from timm.models import register_model
+
+from bench.cli import main
+from bench.grid import Cell, expand, load_grid
+from bench.leaderboard import AVERAGE, tracked
+from bench.report import Artifacts, _search_runs, collect, per_seed_table, with_results
+from bench.tracking import NOTE, runs_by_hash
+from tests.test_cli import _grid
+
+DESCRIPTION = "Two methods on the tiny cards, two seeds."
+LIMIT = 60  # metrics per run, whatever the backbone's depth
+
+
+@register_model
+def deep_test_vit(pretrained: bool = False, **kwargs) -> timm.models.VisionTransformer:
+    """timm's tiny test ViT, as deep as ViT-L/14 (24 blocks)."""
+    return timm.create_model("test_vit", pretrained=pretrained, **{"depth": 24, **kwargs})
+
+
+@dataclass
+class Board:
+    """A grid run into a fresh sqlite store: its cells, store, experiment and folder."""
+
+    cells: list[Cell]
+    uri: str
+    experiment: str
+    folder: Path
+
+
+@contextlib.contextmanager
+def _inside(folder: Path) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        yield
+
+
+def _run_grid(folder: Path, tiny_cards: tuple[str, str], **grid: object) -> tuple[list[Cell], str]:
+    """Run a grid of the tiny cards in ``folder`` (as the working directory); its cells and what it printed."""
+    path = _grid(folder, tiny_cards, f"sqlite:///{folder}/mlflow.db", **grid)
+    out = io.StringIO()
+    with _inside(folder), contextlib.redirect_stdout(out):
+        assert main(["grid", str(path)]) == 0
+    return expand(load_grid(str(path))), out.getvalue()
+
+
+def _frame(board: Board) -> pd.DataFrame:
+    """The board's runs as the report reads them."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return with_results(_search_runs(board.experiment, board.uri), Artifacts(board.uri, Path(scratch)))
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory: pytest.TempPathFactory, tiny_cards: tuple[str, str]) -> Board:
+    folder = tmp_path_factory.mktemp("board")
+    cells, _ = _run_grid(folder, tiny_cards, description=DESCRIPTION, base={"eval": {"bootstrap": 20}})
+    return Board(cells, cells[0].config.tracking.uri or "", folder.name, folder)
+
+
+def test_runs_log_the_headline_and_the_reports_average(board: Board) -> None:
+    runs = runs_by_hash(board.uri, board.experiment)
+    assert set(runs) == {cell.run_id for cell in board.cells}
+    report_avg = per_seed_table(collect(_frame(board)))["avg"]
+    for cell in board.cells:
+        run = runs[cell.run_id]
+        metrics = run.data.metrics
+        assert all(tracked(key) for key in metrics if key != AVERAGE)
+        per_card = {
+            f"{m}/{card}" for m in ("auc", "auc_lo", "video_auc_hi", "eer") for card in ("tiny-train", "tiny-other")
+        }
+        assert per_card <= set(metrics) and "last/auc/tiny-other" not in metrics and "ap/tiny-other" not in metrics
+        assert metrics["train/step_seconds"] > 0 and metrics["params/trainable"] > 0
+        assert metrics[AVERAGE] == pytest.approx(report_avg[cell.label, cell.seed], rel=1e-12)
+        assert f"| {metrics[AVERAGE]:.3f} |" in run.data.tags[NOTE].splitlines()[2]  # the AUC row ends with avg
+
+
+def test_the_report_reads_what_mlflow_does_not_have_from_the_runs_results(board: Board) -> None:
+    long = collect(_frame(board))
+    assert set(long["checkpoint"]) == {"selected", "last"} and "ap" in set(long["metric"])
+    report = board.folder / "results" / board.experiment
+    assert {"auc_last.csv", "eer_last.csv", "report.md"} <= {p.name for p in report.iterdir()}
+
+
+def test_per_layer_diagnostics_are_a_table_and_only_their_summaries_are_metrics(board: Board) -> None:
+    cell = next(c for c in board.cells if c.config.method.name == "full-ft")
+    run = runs_by_hash(board.uri, board.experiment)[cell.run_id]
+    table = Path(MlflowClient(board.uri).download_artifacts(run.info.run_id, "diagnostics/layers.csv", board.folder))
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 12 and list(rows[0]) == ["layer", "drift", "spectrum"]  # 6 blocks: attention qkv, proj
+    drift = np.mean([float(row["drift"]) for row in rows])
+    assert run.data.metrics["diag/drift_mean"] == pytest.approx(drift, rel=1e-12)
+    assert not any(key.startswith(("diag/drift/", "diag/spectrum/")) for key in run.data.metrics)
+
+
+def test_a_run_of_vit_large_depth_logs_fewer_than_60_metrics(tmp_path: Path, tiny_cards: tuple[str, str]) -> None:
+    model = {"name": "deep_test_vit", "pretrained": False, "img_size": 32}
+    methods = ["full-ft", "masm"]
+    base = {"model": model, "eval": {"bootstrap": 20}}
+    cells, _ = _run_grid(tmp_path, tiny_cards, methods=methods, seeds=[0], base=base)
+    runs = runs_by_hash(cells[0].config.tracking.uri or "", tmp_path.name)
+    counts = {runs[c.run_id].data.tags["method"]: len(runs[c.run_id].data.metrics) for c in cells}
+    assert set(counts) == set(methods) and max(counts.values()) < LIMIT, counts
