@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 PACKAGES = ("torch", "torchvision", "timm", "mlflow", "numpy", "scikit-learn", "peft", "submitit")
 HASH_TAG = "config_hash"
+KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+"""The experiment tag from which MLflow's UI tells a model-training experiment (opened on its runs) from a GenAI one."""
 NOTE = "mlflow.note.content"
 """The tag that MLflow shows as an experiment's or a run's description (Markdown)."""
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
@@ -83,7 +85,8 @@ def _client(uri: str) -> Any:
 
 
 def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
-    """The id of experiment ``name``, created when absent (once, even when several processes ask at once)."""
+    """The id of experiment ``name``, created when absent (once, even when several processes ask at once) as a
+    model-training experiment."""
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None or not create:
@@ -91,12 +94,18 @@ def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        return client.create_experiment(name, _artifact_location(uri, name), tags={KIND: TRAINING})
     except MlflowException:  # another process created it in between
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def set_experiment_tags(uri: str, exp_id: str, tags: dict[str, str]) -> None:
+    client = _client(uri)
+    for key, value in tags.items():
+        client.set_experiment_tag(exp_id, key, value)
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:

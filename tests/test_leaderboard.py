@@ -1,10 +1,11 @@
-"""The leaderboard: what a grid's runs log to MLflow, and what the report reads beside it."""
+"""The leaderboard: what a grid's runs log to MLflow, how its experiment is tagged, and the URL a grid prints."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
+import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ from timm.models import register_model
 
 from bench.cli import main
 from bench.grid import Cell, expand, load_grid
-from bench.leaderboard import AVERAGE, tracked
+from bench.leaderboard import AVERAGE, LAST_GRID, SHARE_KEY, VIEW_TAG, tracked
 from bench.report import Artifacts, _search_runs, collect, per_seed_table, with_results
-from bench.tracking import NOTE, runs_by_hash
+from bench.tracking import KIND, NOTE, TRAINING, runs_by_hash
 from tests.test_cli import _grid
 
 DESCRIPTION = "Two methods on the tiny cards, two seeds."
@@ -36,11 +37,12 @@ def deep_test_vit(pretrained: bool = False, **kwargs) -> timm.models.VisionTrans
 
 @dataclass
 class Board:
-    """A grid run into a fresh sqlite store: its cells, store, experiment and folder."""
+    """A grid run into a fresh sqlite store: its cells, store, experiment, the URL it printed and its folder."""
 
     cells: list[Cell]
     uri: str
     experiment: str
+    url: str
     folder: Path
 
 
@@ -69,8 +71,24 @@ def _frame(board: Board) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory, tiny_cards: tuple[str, str]) -> Board:
     folder = tmp_path_factory.mktemp("board")
-    cells, _ = _run_grid(folder, tiny_cards, description=DESCRIPTION, base={"eval": {"bootstrap": 20}})
-    return Board(cells, cells[0].config.tracking.uri or "", folder.name, folder)
+    cells, printed = _run_grid(folder, tiny_cards, description=DESCRIPTION, base={"eval": {"bootstrap": 20}})
+    (url,) = [line.removeprefix("leaderboard: ") for line in printed.splitlines() if line.startswith("leaderboard: ")]
+    return Board(cells, cells[0].config.tracking.uri or "", folder.name, url, folder)
+
+
+def test_the_experiment_is_a_training_one_with_the_grids_description_and_view(board: Board) -> None:
+    experiment = MlflowClient(board.uri).get_experiment_by_name(board.experiment)
+    tags = experiment.tags
+    assert tags[KIND] == TRAINING and tags[NOTE] == DESCRIPTION
+    view = json.loads(tags[VIEW_TAG])
+    assert view["orderByKey"] == f"metrics.`{AVERAGE}`" and view["orderByAsc"] is False
+    columns = ["avg/auc", "auc/tiny-train", "auc/tiny-other", "params/trainable", "train/step_seconds"]
+    assert view["selectedColumns"] == view["columnOrder"] == [f"metrics.`{c}`" for c in columns]
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "label"}]
+    path = f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={SHARE_KEY}"
+    assert board.url == f"http://127.0.0.1:5000/{path}"
+    recorded = json.loads((board.folder / LAST_GRID).read_text())
+    assert recorded == {"tracking_uri": board.uri, "experiment": board.experiment, "path": path}
 
 
 def test_runs_log_the_headline_and_the_reports_average(board: Board) -> None:
