@@ -1,4 +1,8 @@
-"""The leaderboard: what a grid's runs log to MLflow, how its experiment is tagged, and the URL a grid prints."""
+"""The leaderboard: what a grid's runs log to MLflow, how its experiment is tagged, and the page a person opens.
+
+The browser test drives Debian's ``chromium`` through Playwright. It skips where no chromium is installed, except
+where ``BENCH_REQUIRE_BROWSER=1`` (CI's ``.ci/run`` sets it and installs the browser), where it fails instead.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,13 @@ import contextlib
 import csv
 import io
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -24,6 +31,7 @@ from bench.leaderboard import AVERAGE, LAST_GRID, SHARE_KEY, VIEW_TAG, tracked
 from bench.report import Artifacts, _search_runs, collect, per_seed_table, with_results
 from bench.tracking import KIND, NOTE, TRAINING, runs_by_hash
 from tests.test_cli import _grid
+from tests.test_mlflow_server import _free_port, _stop, serve
 
 DESCRIPTION = "Two methods on the tiny cards, two seeds."
 LIMIT = 60  # metrics per run, whatever the backbone's depth
@@ -134,3 +142,61 @@ def test_a_run_of_vit_large_depth_logs_fewer_than_60_metrics(tmp_path: Path, tin
     runs = runs_by_hash(cells[0].config.tracking.uri or "", tmp_path.name)
     counts = {runs[c.run_id].data.tags["method"]: len(runs[c.run_id].data.metrics) for c in cells}
     assert set(counts) == set(methods) and max(counts.values()) < LIMIT, counts
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The system Chromium; a skip (a failure under ``BENCH_REQUIRE_BROWSER=1``) where it or Playwright is missing."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        path, reason = None, "Playwright is not installed (it is in the project's test extra)"
+    else:
+        reason = "no chromium here (apt-get install chromium)"
+    if path is None:
+        if os.environ.get("BENCH_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"BENCH_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def ui(chromium: str, board: Board) -> Iterator[str]:
+    """``mlflow ui`` on the board's store, as ``nox -s ui`` starts it (after the browser was found); its address."""
+    port = _free_port()
+    proc = serve("ui", board.uri, port, board.folder / "ui.log")
+    yield f"127.0.0.1:{port}"
+    _stop(proc)
+
+
+def test_the_printed_url_opens_the_runs_with_their_average_in_a_browser(
+    chromium: str, ui: str, board: Board, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    runs = runs_by_hash(board.uri, board.experiment)
+    column = f"metrics.`{AVERAGE}`"
+    shot = tmp_path / "leaderboard.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.goto(urlunsplit(urlsplit(board.url)._replace(netloc=ui)))  # the printed URL, on this UI's port
+        try:
+            expect(page.locator(f'.ag-header-cell[col-id="{column}"]')).to_have_text(AVERAGE, timeout=60_000)
+            for cell in board.cells:
+                run = runs[cell.run_id]
+                rows = page.locator(f'[row-id$="{run.info.run_id}"]')
+                expect(rows.get_by_text(cell.name, exact=True)).to_be_visible()
+                average = rows.locator(f'[col-id="{column}"]')
+                expect(average).to_be_visible()
+                expect(average).to_have_text(_js_number(run.data.metrics[AVERAGE]))
+        finally:
+            page.screenshot(path=shot, full_page=True)
+            browser.close()
+            print(f"screenshot: {shot}")
+
+
+def _js_number(value: float) -> str:
+    """A number as the browser writes it (the shortest round trip, no ``.0`` on whole numbers)."""
+    return repr(value).removesuffix(".0")
