@@ -67,11 +67,17 @@ def headline(results: Mapping[str, float], cfg: RunConfig) -> dict[str, float]:
     return out if math.isnan(average) else {**out, AVERAGE: average}
 
 
-def _cell(value: float, low: float | None = None, high: float | None = None) -> str:
-    """``0.912 [0.881, 0.940]`` (bounds where given), ``–`` for NaN."""
+def _number(value: float, bounds: tuple[float, float] | None = None) -> str:
+    """``0.912`` or ``0.912 [0.881, 0.940]``; ``–`` for NaN."""
     if math.isnan(value):
         return "–"
-    return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
+    return f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+
+
+def _entry(results: Mapping[str, float], metric: str, card: str) -> str:
+    """``<metric>/<card>`` of the results, with its bounds where they are there."""
+    low, high = results.get(f"{metric}_lo/{card}"), results.get(f"{metric}_hi/{card}")
+    return _number(results.get(f"{metric}/{card}", math.nan), None if low is None or high is None else (low, high))
 
 
 def describe(results: Mapping[str, float], cfg: RunConfig) -> str:
@@ -82,13 +88,8 @@ def describe(results: Mapping[str, float], cfg: RunConfig) -> str:
     cards = sorted((k.removeprefix("auc/") for k in results if k.startswith("auc/")), key=lambda c: c != cfg.data.train)
     grid = [["", *(in_domain(c) if c == cfg.data.train else c for c in cards), "avg"]]
     for title, metric in ROWS:
-        cells = [
-            _cell(
-                results.get(f"{metric}/{c}", math.nan), results.get(f"{metric}_lo/{c}"), results.get(f"{metric}_hi/{c}")
-            )
-            for c in cards
-        ]
-        grid.append([title, *cells, _cell(cross_average(results, cfg.data.train, metric))])
+        average = _number(cross_average(results, cfg.data.train, metric))
+        grid.append([title, *(_entry(results, metric, card) for card in cards), average])
     return render(grid, "markdown")
 
 
