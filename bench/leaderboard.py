@@ -85,7 +85,9 @@ def describe(results: Mapping[str, float], cfg: RunConfig) -> str:
     95% bounds) and the mean over the cross-dataset cards."""
     from bench.report import in_domain, render
 
-    cards = sorted((k.removeprefix("auc/") for k in results if k.startswith("auc/")), key=lambda c: c != cfg.data.train)
+    cards = sorted(
+        (k.removeprefix("auc/") for k in results if k.startswith("auc/")), key=lambda c: (c != cfg.data.train, c)
+    )
     grid = [["", *(in_domain(c) if c == cfg.data.train else c for c in cards), "avg"]]
     for title, metric in ROWS:
         average = _number(cross_average(results, cfg.data.train, metric))
