@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+from pathlib import Path
 
 import nox
 
@@ -10,6 +13,7 @@ nox.options.sessions = ["tests", "lint"]  # `nox` alone; bench, perf and ui are 
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
+LAST_GRID = Path("results") / "last-grid.json"  # written by `bench grid` (bench.leaderboard.LAST_GRID)
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the pair that installs on the x86_64 CI machine
 
 
@@ -51,9 +55,32 @@ def perf(session: nox.Session) -> None:
     session.run("bench", "perf", *(session.posargs or ["--backbone", "vit_small_patch16_224", "--device", "cpu"]))
 
 
+def _port(args: list[str]) -> str:
+    """The ``--port``/``-p`` of ``mlflow ui`` arguments (its default, 5000, without)."""
+    port = "5000"
+    for flag, value in itertools.pairwise([*args, ""]):
+        if flag in ("--port", "-p"):
+            port = value
+        elif flag.startswith("--port="):
+            port = flag.removeprefix("--port=")
+    return port
+
+
+def _leaderboard(store: str, port: str) -> str:
+    """Where the last grid's leaderboard is (``bench grid`` records it in ``results/last-grid.json``)."""
+    if not LAST_GRID.is_file():
+        return "no grid has run yet: `nox -s bench` runs one"
+    last = json.loads(LAST_GRID.read_text())
+    if last["tracking_uri"] == store:
+        return f"leaderboard of {last['experiment']}: http://127.0.0.1:{port}/{last['path']}"
+    return f"the last grid, {last['experiment']}, went to {last['tracking_uri']}, not to this store ({store})"
+
+
 @nox.session(python=PYTHON)
 def ui(session: nox.Session) -> None:
-    """The MLflow UI on the results store, on loopback: ``nox -s ui -- --port 5001`` (other ``mlflow ui`` flags too)."""
+    """The MLflow UI on the results store, on loopback, and the URL of the last grid's leaderboard:
+    ``nox -s ui -- --port 5001`` (other ``mlflow ui`` flags too)."""
     session.install("mlflow>=3.0")
     store = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///results/mlflow.db")
+    session.log(_leaderboard(store, _port(session.posargs)))
     session.run("mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1", *session.posargs)

@@ -92,7 +92,8 @@ class Adapter(nn.Module):
             self.train(was_training)
 
     def diagnostics(self, folder: Path) -> dict[str, float]:
-        """Scalars describing the adapted weights (drift, diversity, ...) logged at the end of training; arrays for
+        """Scalars describing the adapted weights (drift, diversity, ...) at the end of training: summaries, logged,
+        and per-layer values keyed ``<quantity>/<layer>``, which go to the table ``folder/layers.csv``; arrays for
         the report's figures (spectra, mask history) may be written to ``folder``."""
         return {}
 

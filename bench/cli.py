@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    grid = sub.add_parser("grid", help="run a grid's cells (skipping finished ones) and print its table")
+    grid = sub.add_parser("grid", help="run a grid's cells (skipping finished ones), print its table and leaderboard")
     grid.add_argument("grid_pos", nargs="?", metavar="GRID", help="grid file or name in grids/")
     grid.add_argument("--grid", dest="grid_opt", metavar="GRID", help="same as the positional GRID")
     grid.add_argument("--dry-run", action="store_true", help="list the cells and whether they are finished")
@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from bench.grid import expand, experiment_name, load_grid
+    from bench.leaderboard import prepare
     from bench.runner import check_inputs, finished, restart, stale, sync_cells
     from bench.tracking import check_reachable, runs_by_hash, tracking_uri
 
@@ -129,13 +130,17 @@ def cmd_grid(args: argparse.Namespace) -> int:
             print(f"{cell.name}: finished already, skipped")
     todo = [c for c in cells if c.run_id not in done]
     launch = cells[0].config.launch
+    board = f"leaderboard: {prepare(tracking_uri(cells[0].config), experiment, spec.description, cells)}"
     if launch.launcher == "slurm":
-        return _submit(todo, experiment, spec.name, cells[0].config, wait=False)
+        submitted = _submit(todo, experiment, spec.name, cells[0].config, wait=False)
+        print(board)
+        return submitted
     failures = _submit(todo, experiment, spec.name, cells[0].config, wait=True) if launch.launcher == "debug" else 0
     if launch.launcher == "local":
         failures = _run_here(todo, experiment, spec.name)
     if not args.no_report:
         _print_report(experiment, tracking_uri(cells[0].config), None)
+    print(board)
     return EXIT_FAILED if failures else 0
 
 

@@ -6,9 +6,15 @@ measure that for any method, from a weight before and after training (matrices; 
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+
 import numpy as np
 import torch
 from scipy.linalg import subspace_angles
+
+LAYER_TABLE = "layers.csv"
 
 
 def as_matrix(weight: torch.Tensor) -> np.ndarray:
@@ -56,3 +62,25 @@ def weight_report(
         scalars["drift_mean"] = float(np.mean([v for k, v in scalars.items() if k.startswith("drift/")]))
         scalars["spectrum_mean"] = float(np.mean([v for k, v in scalars.items() if k.startswith("spectrum/")]))
     return scalars, arrays
+
+
+def write_layer_table(scalars: Mapping[str, float], path: Path) -> dict[str, float]:
+    """Write the per-layer values of ``scalars`` (keys ``<quantity>/<layer>``, e.g. ``drift/blocks.0.attn.qkv``)
+    to ``path`` as a CSV table, a row per layer and a column per quantity (nothing without any); return the other
+    values, the summaries (e.g. ``drift_mean``)."""
+    table: dict[str, dict[str, float]] = {}
+    summaries = {}
+    for key, value in scalars.items():
+        quantity, _, layer = key.partition("/")
+        if layer:
+            table.setdefault(layer, {})[quantity] = value
+        else:
+            summaries[key] = value
+    if table:
+        quantities = list(dict.fromkeys(q for row in table.values() for q in row))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["layer", *quantities])
+            writer.writerows([layer, *(row.get(q, "") for q in quantities)] for layer, row in table.items())
+    return summaries

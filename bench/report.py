@@ -1,14 +1,17 @@
 """The report: MLflow runs -> cross-dataset tables, the ablation table, published tables side by side, figures.
 
 Each run carries ``<metric>/<set>`` for the validation-selected checkpoint and ``last/<metric>/<set>`` for the last
-one; the set equal to ``params.data.train`` is in-domain, the others are cross-dataset. No test-selected checkpoint
-exists here, so none can be reported; where a grid tried several values of a tune axis (tag ``tune``), the value kept
-is chosen on validation AUC only (:func:`choose_tuned`). Score files (``scores/<checkpoint>/<set>.csv``) and
-diagnostics (``diagnostics/*.npz``) are run artifacts, downloaded only where a table or figure needs them.
+one: the headline in MLflow's metrics (:mod:`bench.leaderboard`), all of them in its ``metrics.json`` artifact, which
+is read first (:func:`with_results`). The set equal to ``params.data.train`` is in-domain, the others are
+cross-dataset. No test-selected checkpoint exists here, so none can be reported; where a grid tried several values of
+a tune axis (tag ``tune``), the value kept is chosen on validation AUC only (:func:`choose_tuned`). Score files
+(``scores/<checkpoint>/<set>.csv``) and diagnostics (``diagnostics/*.npz``) are run artifacts too, downloaded only
+where a table or figure needs them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -68,6 +71,7 @@ PUBLISHED_TABLES = {"effort-table1": "Effort, Table 1", "deepfakebench-v1": "Dee
 PUBLISHED_AS = {"effort": "Effort"}  # our label -> the method's name in published tables
 DRIFT = "metrics.diag/drift_mean"
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+RESULTS = "metrics.json"  # the run artifact with every value its training returned
 ScoreFiles = Mapping[tuple[str, int, str], pd.DataFrame]  # score frames keyed (label, seed, test_set)
 
 
@@ -336,7 +340,7 @@ def _grid(table: pd.DataFrame, latex: bool) -> list[list[str]]:
     return [[escape(c) for c in ["method", *columns, "seeds"]], *rows]
 
 
-def _render(grid: list[list[str]], fmt: str) -> str:
+def render(grid: list[list[str]], fmt: str) -> str:
     """Header and rows of ready cells as aligned ``text``, a ``markdown`` pipe table or a ``latex`` tabular."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format '{fmt}': choose one of {list(FORMATS)}")
@@ -363,7 +367,7 @@ def format_table(table: pd.DataFrame, fmt: str) -> str:
     """A :func:`cross_dataset_table` as aligned ``text``, a ``markdown`` pipe table or a ``latex`` booktabs tabular."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format '{fmt}': choose one of {list(FORMATS)}")
-    return _render(_grid(table, latex=fmt == "latex"), fmt)
+    return render(_grid(table, latex=fmt == "latex"), fmt)
 
 
 def heatmap(table: pd.DataFrame, out: Path, title: str) -> Path:
@@ -441,6 +445,11 @@ class Artifacts:
         local = self.get(run_id, f"scores/{checkpoint}/{test_set}.csv")
         return None if local is None else pd.read_csv(local, dtype={"video": str, "method": str, "path": str})
 
+    def results(self, run_id: str) -> dict[str, float] | None:
+        """Every value the run's training returned (its ``metrics.json``), or None."""
+        local = self.get(run_id, RESULTS)
+        return None if local is None else json.loads(local.read_text())
+
     def arrays(self, run_id: str, name: str) -> dict[str, np.ndarray] | None:
         """The arrays of ``diagnostics/<name>`` (an ``.npz``), or None."""
         local = self.get(run_id, f"diagnostics/{name}")
@@ -448,6 +457,22 @@ class Artifacts:
             return None
         with np.load(local) as npz:
             return {key: npz[key] for key in npz.files}
+
+
+def with_results(runs: pd.DataFrame, artifacts: Artifacts) -> pd.DataFrame:
+    """An ``mlflow.search_runs`` frame with the values of the finished runs' ``metrics.json`` as ``metrics.<key>``
+    columns: the results that MLflow has the headline of only (the last checkpoint, AP, accuracy, robustness, ...).
+    Where MLflow has a value too, its value stands."""
+    ids = [] if runs.empty else _finished(runs)["run_id"]
+    records = {run_id: values for run_id in ids if (values := artifacts.results(run_id))}
+    if not records:
+        return runs
+    extra = pd.DataFrame.from_dict(records, orient="index").add_prefix("metrics.")
+    extra = extra.reindex(runs["run_id"]).set_axis(runs.index)
+    shared = extra.columns.intersection(runs.columns)
+    runs = pd.concat([runs, extra[extra.columns.difference(runs.columns)]], axis=1)
+    runs[shared] = runs[shared].fillna(extra[shared])
+    return runs
 
 
 def _test_sets(long: pd.DataFrame, label: str, seed: int) -> list[str]:
@@ -608,7 +633,7 @@ def format_ablation(tidy: pd.DataFrame, fmt: str) -> tuple[str, str]:
         name = rf"detectable at $p<{ALPHA}$" if latex else f"detectable at p<{ALPHA}"
         cells = [_number(float(detectable[c]), latex) for c in columns]
         means.append([name, *cells, _number(math.nan, latex), *[""] * len(activity)])
-    return _render(means, fmt), _render(pvalues, fmt)
+    return render(means, fmt), render(pvalues, fmt)
 
 
 def load_published(path: Path) -> pd.DataFrame:
@@ -662,7 +687,7 @@ def format_paper(tidy: pd.DataFrame, fmt: str) -> str:
         name = f"{method} (ours)" if kind == "ours" else method
         cells = [_paper_cell(kind, rows.loc[c], latex) for c in columns]
         grid.append([escape(name), *cells])
-    return _render(grid, fmt)
+    return render(grid, fmt)
 
 
 def _paper_cell(kind: str, row: pd.Series, latex: bool) -> str:
@@ -926,7 +951,7 @@ def _test_set_section(long: pd.DataFrame, scores: ScoreFiles, out_dir: Path) -> 
         "",
         "Videos are the unit of independence (frames of one video are correlated): intervals resample videos.",
         "",
-        _render(grid, "markdown"),
+        render(grid, "markdown"),
     ]
 
 
@@ -995,7 +1020,7 @@ def _tuning_section(tuning: pd.DataFrame, out_dir: Path) -> tuple[list[str], str
         " first value in sorted order. Every table and figure below shows the kept runs only; no test set took part"
         " in the choice.",
         "",
-        _render(grid, "markdown"),
+        render(grid, "markdown"),
     ]
     return markdown, "\n".join(lines)
 
@@ -1032,7 +1057,9 @@ def write_report(
     Raises:
         ValueError: the experiment does not exist or has no finished runs, or a tune value has no validation AUC.
     """
-    runs, tuning = choose_tuned(_search_runs(experiment, tracking_uri))
+    with tempfile.TemporaryDirectory(prefix="bench-report-") as scratch:
+        runs = with_results(_search_runs(experiment, tracking_uri), Artifacts(tracking_uri, Path(scratch)))
+    runs, tuning = choose_tuned(runs)
     long = collect(runs)
     if long.empty:
         raise ValueError(f"MLflow experiment '{experiment}' at {tracking_uri} has no finished runs with test metrics")

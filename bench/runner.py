@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import distributed
+from bench import distributed, leaderboard
 from bench.checkpoint import previous
 from bench.config import ConfigError, RunConfig, save_config
 from bench.data.cards import load_card
 from bench.grid import Cell
 from bench.journal import Journal
-from bench.tracking import FAILED, FINISHED, KILLED, Run, one_line, provenance, runs_by_hash, sync, tracking_uri
+from bench.tracking import FAILED, FINISHED, KILLED, NOTE, Run, one_line, provenance, runs_by_hash, sync, tracking_uri
 from bench.train import BEST, LAST, train
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,13 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
         "tune": cell.tune,
     }
     run = Run(cell.config, experiment, cell.name, tags, folder)
+    select = cell.config.eval.select_metric
+
+    def curves(values: dict[str, float], step: int) -> None:  # those of the leaderboard's metrics
+        run.log_metrics({k: v for k, v in values.items() if leaderboard.tracked(k, select)}, step)
+
     try:
-        metrics = train(cell.config, folder, log=run.log_metrics)
+        metrics = train(cell.config, folder, log=curves)
     except KeyboardInterrupt as err:  # the folder keeps the last checkpoint: launching again resumes
         run.finish(KILLED, f"stopped by {err.args[0] if err.args else 'SIGINT'}")  # the CLI names the signal
         raise
@@ -68,8 +73,10 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
         run.finish(FAILED, reason)
         log.error("cell %s failed: %s", cell.name, reason)
         return Outcome(cell.name, FAILED, reason)
-    # at the last step, after the validation curve: MLflow's latest val/* is then the selected checkpoint's
-    run.log_metrics(metrics, step=int(metrics["train/steps"]))
+    # at the last step, after the validation curve: MLflow's latest val/* is then the selected checkpoint's; the
+    # rest of the results stays in metrics.json, an artifact
+    run.log_metrics(leaderboard.headline(metrics, cell.config), step=int(metrics["train/steps"]))
+    run.set_tags({NOTE: leaderboard.describe(metrics, cell.config)})
     run.log_artifacts()
     run.finish(FINISHED)
     if not run.synced:

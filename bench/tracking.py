@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 PACKAGES = ("torch", "torchvision", "timm", "mlflow", "numpy", "scikit-learn", "peft", "submitit")
 HASH_TAG = "config_hash"
+KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+"""The experiment tag from which MLflow's UI tells a model-training experiment (opened on its runs) from a GenAI one."""
+NOTE = "mlflow.note.content"
+"""The tag that MLflow shows as an experiment's or a run's description (Markdown)."""
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -81,7 +85,8 @@ def _client(uri: str) -> Any:
 
 
 def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
-    """The id of experiment ``name``, created when absent (once, even when several processes ask at once)."""
+    """The id of experiment ``name``, created when absent (once, even when several processes ask at once) as a
+    model-training experiment."""
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None or not create:
@@ -89,12 +94,18 @@ def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        return client.create_experiment(name, _artifact_location(uri, name), tags={KIND: TRAINING})
     except MlflowException:  # another process created it in between
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def set_experiment_tags(uri: str, exp_id: str, tags: dict[str, str]) -> None:
+    client = _client(uri)
+    for key, value in tags.items():
+        client.set_experiment_tag(exp_id, key, value)
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -156,6 +167,9 @@ class Run:
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self._record({"op": "metrics", "step": step, "values": {k: float(v) for k, v in metrics.items()}})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._record({"op": "tags", "values": tags})
 
     def log_artifacts(self) -> None:
         """Upload the run folder's files (not checkpoints, temporaries or the journal)."""
@@ -240,6 +254,8 @@ def _send(client: Any, head: Head, record: dict[str, Any], folder: Path) -> str:
         items = [Metric(k, v, record["time"], record["step"]) for k, v in record["values"].items()]
         for start in range(0, len(items), 900):
             client.log_batch(run_id, metrics=items[start : start + 900])
+    elif record["op"] == "tags":
+        client.log_batch(run_id, tags=_tags(record["values"]))
     elif record["op"] == "artifacts":
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.suffix not in (".pt", ".tmp") and path.name not in (RECORDS, HEAD):

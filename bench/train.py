@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from bench.data.catalog import redrawn, split_frames
 from bench.data.frames import Frame
 from bench.data.loader import FrameDataset, FrameLoader, StepSampler, eval_loader, group_indices, train_loader
 from bench.data.synthesis import synthetic_split, training_methods
+from bench.diagnostics import LAYER_TABLE, write_layer_table
 from bench.metrics import binary_metrics
 from bench.registry import get_method
 from bench.step import Step, TrainingError, autocast
@@ -43,6 +45,8 @@ LAYOUT = 2
 
 logger = logging.getLogger(__name__)
 ROBUST_METRICS = ("auc", "eer", "video_auc")
+STEP_TIME = "train/step_seconds"
+"""Wall time per optimizer step of this process's training loop, validation left out (loading, compiling in)."""
 PREPARATION_SEED = 1_000_003
 """Offsets the sampler seed of :meth:`Adapter.prepare`'s batches from the training stream's."""
 
@@ -124,6 +128,7 @@ class Evaluator:
         self.model, self.cfg, self.device = model, cfg, device
         self.size, self.mean, self.std = data["input_size"][-1], data["mean"], data["std"]
         self._loaders: dict[str, FrameLoader] = {}
+        self.seconds = 0.0  # spent scoring, so that the step time can leave it out
 
     def _loader(self, frames: list[Frame], perturbation: tuple[str, int] | None) -> FrameLoader:
         dataset = FrameDataset(distributed.shard(frames), self.size, self.mean, self.std, perturbation=perturbation)
@@ -148,7 +153,9 @@ class Evaluator:
         self, name: str, frames: list[Frame], bootstrap: int = 0, perturbation: tuple[str, int] | None = None
     ) -> tuple[dict[str, float], list[Frame], np.ndarray]:
         """Metrics of the readable frames, with those frames and their scores."""
+        began = time.perf_counter()
         scores = self.scores(name, frames, perturbation)
+        self.seconds += time.perf_counter() - began
         kept = ~np.isnan(scores)
         frames, scores = [f for f, k in zip(frames, kept, strict=True) if k], scores[kept]
         labels = np.array([f.label for f in frames])
@@ -265,6 +272,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     model.train()
     desc = f"{cfg.method.name} seed {cfg.train.seed}"
     bar = tqdm(total=total, initial=step, desc=desc, disable=None if rank == 0 else True, leave=False)
+    began, first = time.perf_counter(), step
     while step < total:
         if stop_after is not None and step >= stop_after:
             bar.close()
@@ -290,6 +298,8 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
         elif step % cfg.train.checkpoint_every == 0 and rank == 0:
             _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
     bar.close()
+    if step > first:  # logged, not returned: the results of a resumed run equal those of one that was not
+        log({STEP_TIME: (time.perf_counter() - began - evaluator.seconds) / (step - first)}, step)
     return _final_tests(cfg, run_dir, model, evaluator, splits, best, step)
 
 
@@ -322,7 +332,9 @@ def _final_tests(
     results["val/selected_step"] = best["step"]
     results["train/steps"] = step
     if main:
-        results.update({f"diag/{k}": v for k, v in model.diagnostics(run_dir / "diagnostics").items()})
+        folder = run_dir / "diagnostics"
+        summaries = write_layer_table(model.diagnostics(folder), folder / LAYER_TABLE)
+        results.update({f"diag/{k}": v for k, v in summaries.items()})
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     return results
 

@@ -46,7 +46,7 @@ def _wait(folder: Path, job_ids: list[str], timeout: float = 600) -> None:
 
 def _auc(uri: str, experiment: str) -> dict[str, dict[str, float]]:
     return {
-        run.data.tags["cell"]: {k: v for k, v in run.data.metrics.items() if k.startswith(("auc/", "last/auc/"))}
+        run.data.tags["cell"]: {k: v for k, v in run.data.metrics.items() if k.startswith("auc/")}
         for run in runs_by_hash(uri, experiment).values()
     }
 
@@ -93,7 +93,7 @@ def test_preempted_cell_resumes_from_its_checkpoint(tmp_path: Path, tiny_cards, 
     assert run.data.metrics.get("resume_step", 0) > 0
     reference = expand(load_grid(str(path)), [f"tracking.runs_dir={tmp_path / 'reference'}"])[0]
     expected = train(reference.config, tmp_path / "reference" / cell.run_id)
-    got = {k: v for k, v in run.data.metrics.items() if k.startswith(("auc/", "last/auc/", "eer/"))}
+    got = {k: v for k, v in run.data.metrics.items() if k.startswith(("auc/", "eer/"))}
     assert got and got == pytest.approx({k: expected[k] for k in got}, abs=1e-9)
 
 
