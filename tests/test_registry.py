@@ -1,3 +1,4 @@
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -62,3 +63,12 @@ def test_the_run_length_is_bound_in_a_run_only(monkeypatch: pytest.MonkeyPatch) 
     assert method.resolve({}, ["a", "b"], 12).steps == 12
     with pytest.raises(ConfigError, match=r"needs the run's length \(method 'toy'\)"):
         method.resolve({}, ["a", "b"])  # a run whose config leaves its length to the data
+
+
+def test_every_module_of_the_methods_folder_is_imported() -> None:
+    from pathlib import Path
+
+    import methods
+
+    files = {p.stem for p in Path(methods.__file__).parent.glob("*.py") if not p.name.startswith("_")}
+    assert set(methods.__all__) == files and all(f"methods.{name}" in sys.modules for name in files)
