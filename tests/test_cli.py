@@ -28,6 +28,7 @@ def _grid(tmp_path: Path, tiny_cards: tuple[str, str], uri: str, **extra: object
     return path
 
 
+@pytest.mark.slow
 def test_grid_runs_tracks_reports_and_skips(tmp_path: Path, tiny_cards, tracking_uri, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     path = _grid(tmp_path, tiny_cards, tracking_uri)
@@ -145,6 +146,7 @@ def test_a_tracking_uri_where_no_server_listens_fails_at_once_in_one_line(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_records_killed_in_one_line_and_a_later_finish_clears_the_reason(
     tmp_path: Path, tiny_cards, tracking_uri, monkeypatch
 ) -> None:

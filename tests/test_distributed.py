@@ -31,6 +31,7 @@ def _worker(rank: int, cfg: RunConfig, run_dir: Path, port: int, queue: mp.Queue
     queue.put((rank, train(cfg, run_dir)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full-ft", "masm"])
 def test_two_gloo_processes_match_one(method: str, tiny_cards: tuple[str, str], tmp_path: Path) -> None:
     cfg = resolve_config(tiny_config(tiny_cards, tmp_path, method={"name": method}))

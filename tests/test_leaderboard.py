@@ -170,6 +170,7 @@ def ui(chromium: str, board: Board) -> Iterator[str]:
     _stop(proc)
 
 
+@pytest.mark.slow
 def test_the_printed_url_opens_the_runs_with_their_average_in_a_browser(
     chromium: str, ui: str, board: Board, tmp_path: Path
 ) -> None:

@@ -24,6 +24,8 @@ from bench.leaderboard import headline
 from bench.tracking import Run, runs_by_hash, sync
 from tests.test_cli import _grid
 
+pytestmark = pytest.mark.slow  # each test starts an MLflow server
+
 
 def _free_port() -> int:
     with socket.socket() as s:

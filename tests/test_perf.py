@@ -24,6 +24,7 @@ def _run(argv: list[str]) -> int:
     return args.handler(args)
 
 
+@pytest.mark.slow
 def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, capsys) -> None:
     """Every default row, 2 steps each, in real worker processes."""
     argv = ["--backbone", "test_vit", "--img-size", "32", "--device", "cpu", "--steps", "2"]
@@ -45,6 +46,7 @@ def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, c
     assert (tmp_path / "test_vit-cpu.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_profile_writes_a_table_per_row_and_its_counts(tmp_path: Path, tiny_cards, capsys) -> None:
     argv = ["--backbone", "test_vit", "--img-size", "32", "--device", "cpu", "--steps", "1", "--warmup", "1"]
     argv += ["--repeats", "1", "--card", tiny_cards[0], "--loader-batches", "1", "--methods", "masm:routing=none"]

@@ -22,6 +22,8 @@ from bench.tracking import runs_by_hash
 from bench.train import train
 from tests.test_cli import _grid
 
+pytestmark = pytest.mark.slow  # jobs on a real cluster
+
 if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
     if os.environ.get("BENCH_REQUIRE_SLURM") == "1":
         raise RuntimeError("BENCH_REQUIRE_SLURM=1 but no Slurm answers here (run .ci/slurm.sh up)")

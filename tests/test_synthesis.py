@@ -53,6 +53,7 @@ def test_the_loader_makes_the_fake_from_the_items_seed(tiny_cards: tuple[str, st
     assert not np.allclose(item["image"].numpy(), data[(source - len(frames) // 2, 7)]["image"].numpy())
 
 
+@pytest.mark.slow
 def test_full_ft_trains_on_sbi_fakes_of_the_offline_benchmark_and_tests(tmp_path: Path) -> None:
     data = {"synthesis": "sbi", "test": ["offline-ff"], "root": str(tmp_path), "workers": 0, "frames_per_video": 1}
     cfg = build_config(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
+
 from bench.config import build_config
 from bench.journal import Journal
 from bench.tracking import FINISHED, Run, runs_by_hash
@@ -18,6 +20,7 @@ def _start_cell(uri: str, seed: int, folder: Path) -> None:
     run.finish(FINISHED)
 
 
+@pytest.mark.slow
 def test_four_cells_starting_at_once_on_a_fresh_sqlite_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spawn = multiprocessing.get_context("spawn")
