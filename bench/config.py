@@ -24,6 +24,26 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one line that names the file, the key and the fix."""
 
 
+RUN_ID = "run_id"
+"""Field metadata key: ``False`` marks a field that changes how a run goes (speed, logging, where things are), not
+what it computes, so it is left out of the run id (:meth:`RunConfig.run_id`)."""
+
+
+def speed_only(default: Any) -> Any:
+    """A field with ``default`` that the run id leaves out (see :data:`RUN_ID`)."""
+    return field(default=default, metadata={RUN_ID: False})
+
+
+def _identity(config: Any) -> dict[str, Any]:
+    """``dataclasses.asdict`` of ``config`` without the fields marked out of the run id, at any depth."""
+    return {
+        f.name: _identity(value) if dataclasses.is_dataclass(value) else value
+        for f in dataclasses.fields(config)
+        if f.metadata.get(RUN_ID, True)
+        for value in [getattr(config, f.name)]
+    }
+
+
 @dataclass
 class ModelConfig:
     """The pretrained backbone.
@@ -90,13 +110,13 @@ class DataConfig:
     )
     root: str = "data"
     frames_per_video: int = 8
-    workers: int | None = None
+    workers: int | None = speed_only(None)
     balanced: bool = True
-    max_bad_fraction: float = 0.01
+    max_bad_fraction: float = speed_only(0.01)  # which frames are read, not what they are
     offline_seed: int | None = None
     augment: str | list[dict[str, Any]] = "flip"
     synthesis: str = "none"
-    deepfakebench: str | None = None
+    deepfakebench: str | None = speed_only(None)  # where the data is, not what it is
 
     def loader_workers(self) -> int:
         """``workers``, or the CPUs this process may use (see the attribute)."""
@@ -193,11 +213,11 @@ class TrainConfig:
     epochs: int = 2
     steps_per_epoch: int | None = None
     batch_size: int = 32
-    checkpoint_every: int = 100
+    checkpoint_every: int = speed_only(100)
     device: str = "auto"
     amp: bool = True
-    compile: str = "off"
-    log_every: int = 10
+    compile: str = speed_only("off")
+    log_every: int = speed_only(10)
 
     def __post_init__(self) -> None:
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
@@ -299,25 +319,17 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={RUN_ID: False})
+    launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={RUN_ID: False})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def run_id(self) -> str:
         """A short hash of what determines the result (not where it is tracked, how it is launched or loaded)."""
-        d = self.to_dict()
-        for section in ("tracking", "launch"):
-            d.pop(section)
-        d["data"].pop("workers")
-        d["data"].pop("deepfakebench")  # where the data is, not what it is
-        d["data"].pop("max_bad_fraction")
+        d = _identity(self)
         if d["data"]["offline_seed"] is None:  # the cards' own draw: the ids of configs that predate the key
             d["data"].pop("offline_seed")
-        d["train"].pop("log_every")
-        d["train"].pop("compile")
-        d["train"].pop("checkpoint_every")
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -96,3 +96,35 @@ def test_names_with_separators_or_dots_are_refused() -> None:
         with pytest.raises(ConfigError, match="is not a name"):
             check_name("grid name", bad)
     check_name("grid name", "offline-ff_v2.1")
+
+
+def test_the_run_id_of_a_smoke_cell_is_pinned_and_fields_marked_out_of_it_leave_it() -> None:
+    import dataclasses
+
+    from bench.config import RUN_ID
+    from bench.grid import expand, load_grid
+
+    (cell,) = [c for c in expand(load_grid("grids/smoke.yaml")) if c.config.method.name == "full-ft"]
+    assert cell.run_id == "5ad1fa9b975e6a7b"  # changed only by a commit that means to change every run id, saying why
+    cfg = cell.config
+    changes = {
+        "data": {"workers": 7, "deepfakebench": "elsewhere", "max_bad_fraction": 0.5},
+        "train": {"checkpoint_every": 3, "compile": "blocks", "log_every": 1},
+        "tracking": {"uri": "sqlite:///elsewhere.db"},
+        "launch": {"launcher": "slurm"},
+    }
+    marked = {
+        (s.name, f.name) if s.metadata.get(RUN_ID, True) else (s.name, "*")
+        for s in dataclasses.fields(cfg)
+        for f in dataclasses.fields(getattr(cfg, s.name))
+        if not (s.metadata.get(RUN_ID, True) and f.metadata.get(RUN_ID, True))
+    }
+    assert marked == {("data", k) for k in changes["data"]} | {("train", k) for k in changes["train"]} | {
+        ("tracking", "*"),
+        ("launch", "*"),
+    }
+    for section, values in changes.items():
+        other = dataclasses.replace(getattr(cfg, section), **values)
+        assert dataclasses.replace(cfg, **{section: other}).run_id() == cell.run_id, section
+    faster = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * 2))
+    assert faster.run_id() != cell.run_id
