@@ -100,12 +100,6 @@ class SlotAdamW(torch.optim.Optimizer):
         step_size = lr / (1 - torch.pow(beta1, counts))
         denom = (new_sq.sqrt() / (1 - torch.pow(beta2, counts)).sqrt()).add_(eps)
         new_p = p.mul(1 - lr * decay).sub_(step_size * new_avg / denom)
-        if slots is None:
-            p.copy_(new_p)
-            exp_avg.copy_(new_avg)
-            exp_avg_sq.copy_(new_sq)
-            return
-        live = slots.mask(p.ndim)
-        p.copy_(torch.where(live, new_p, p))
-        exp_avg.copy_(torch.where(live, new_avg, exp_avg))
-        exp_avg_sq.copy_(torch.where(live, new_sq, exp_avg_sq))
+        live = None if slots is None else slots.mask(p.ndim)
+        for old, new in ((p, new_p), (exp_avg, new_avg), (exp_avg_sq, new_sq)):
+            old.copy_(new if live is None else torch.where(live, new, old))

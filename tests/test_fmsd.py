@@ -11,7 +11,7 @@ from bench.backbone import create_backbone
 from bench.config import ModelConfig, OptimConfig
 from bench.grid import resolve_config
 from bench.registry import get_method
-from bench.step import build_optimizer
+from bench.step import Step
 from bench.train import train
 from methods.fmsd import FMSD, choose, layer_scores
 from methods.subspaces.layer import SubspaceLayer
@@ -67,13 +67,9 @@ def test_unselected_layers_have_no_subspaces_and_stay_bit_identical_and_the_outp
         expected = reference(images)
     with model.evaluating():
         torch.testing.assert_close(model(images), expected, rtol=1e-5, atol=1e-6)
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-2, weight_decay=0.05), torch.device("cpu"))
-    for batch in _batches(3):
-        loss, _ = model.training_loss(batch["image"], batch["label"], batch["method"])
-        loss.backward()
-        model.before_optimizer_step(0)
-        optimizer.step()
-        optimizer.zero_grad()
+    step = Step.build(model, OptimConfig(lr=1e-2, weight_decay=0.05, schedule="none"), torch.device("cpu"), 3)
+    for i, batch in enumerate(_batches(3)):
+        step([batch], i)
     modules, original = dict(model.backbone.named_modules()), dict(reference.named_modules())
     unselected = [n for n in model.candidates if n not in model.selected]
     assert unselected and all(not isinstance(modules[n], SubspaceLayer) for n in unselected)

@@ -13,7 +13,7 @@ from bench.cli import main
 from bench.config import ModelConfig, OptimConfig
 from bench.grid import resolve_config
 from bench.registry import get_method
-from bench.step import build_optimizer
+from bench.step import Step, build_optimizer
 from bench.train import train
 from tests.conftest import tiny_config
 
@@ -45,16 +45,13 @@ def _slot_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, layer:
 
 
 def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, methods: list[int], step: int = 0) -> None:
+    """The loop's step with ``optimizer``, unclipped and at a constant rate."""
     g = torch.Generator().manual_seed(step)
     images = torch.randn(len(methods), 3, 32, 32, generator=g)
     labels = torch.tensor([int(m >= 0) for m in methods])
     model.train()
-    loss, _ = model.training_loss(images, labels, torch.tensor(methods))
-    loss.backward()
-    model.before_optimizer_step(step)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.after_optimizer_step(step)
+    batch = {"image": images, "label": labels, "method": torch.tensor(methods)}
+    Step(model, optimizer, None, torch.device("cpu"), grad_clip=None)([batch], step)
 
 
 def test_routing_moves_only_the_subspace_of_the_batch_method() -> None:

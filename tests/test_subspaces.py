@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from methods.subspaces.constraints import effort_orth_loss, energy_loss, orth_loss, small_svdvals, spectral_loss
 from methods.subspaces.layer import SubspaceLayer, inject, merged, routing, subspace_layers
 from methods.subspaces.low_rank import LowRankLinear, compute_copies
-from methods.subspaces.stack import FactorStack, shared_factors, stack_factors
+from methods.subspaces.stack import FactorStack, shared_factors, stack_factors, subspace_drift
 from methods.subspaces.svd import SVDCache, fingerprint
 
 F64 = torch.float64
@@ -334,6 +334,16 @@ def test_delta_weights_sum_to_the_change() -> None:
     weight = layer.pretrained_weight()
     change = sum(layer.delta_weight(k) for k in range(3))
     torch.testing.assert_close(change, layer.effective_weight() - weight, rtol=1e-10, atol=1e-12)
+
+
+def test_subspace_drift_is_the_norm_of_each_subspaces_delta() -> None:
+    model = vit(F64)
+    inject(model, "attn", K=3, r=2)
+    perturb(model)
+    layers = layers_of(model)
+    for stack in stack_factors(layers):
+        want = torch.stack([torch.stack([m.delta_weight(k).norm() for k in range(3)]) for m in stack.layers])
+        torch.testing.assert_close(subspace_drift(stack), want, rtol=1e-9, atol=1e-14)
 
 
 LOSSES = [orth_loss, spectral_loss, energy_loss, effort_orth_loss]
