@@ -6,11 +6,16 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class CheckpointError(RuntimeError):
@@ -36,20 +41,39 @@ def save_atomic(obj: Any, path: str | Path, keep_previous: bool = False) -> Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:  # through a Python file, so that the operating system's reason reaches us
-            torch.save(obj, fh)
-    except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
-        full = _full(err)
-        if full:
-            raise CheckpointError(f"{full} writing {path}; the previous file is kept") from None
-        reason = f"{type(err).__name__}: {err}"
-        raise CheckpointError(f"writing {path} failed ({reason}); the previous file is kept") from err
-    if keep_previous and path.exists():
-        os.replace(path, previous(path))
-    os.replace(tmp, path)
+    with _signals_deferred():
+        try:
+            with tmp.open("wb") as fh:  # through a Python file, so that the operating system's reason reaches us
+                torch.save(obj, fh)
+        except (OSError, RuntimeError) as err:
+            tmp.unlink(missing_ok=True)
+            full = _full(err)
+            if full:
+                raise CheckpointError(f"{full} writing {path}; the previous file is kept") from None
+            reason = f"{type(err).__name__}: {err}"
+            raise CheckpointError(f"writing {path} failed ({reason}); the previous file is kept") from err
+        if keep_previous and path.exists():
+            os.replace(path, previous(path))
+        os.replace(tmp, path)
     return path
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back until the block ends (their handlers run in the main thread, so only there): a
+    stop asked for mid-write then comes after a whole checkpoint, instead of tearing the write into an error."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, frame: asked.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for signum in dict.fromkeys(asked):
+            signal.raise_signal(signum)  # to the handlers of before, now that the file is whole
 
 
 def _full(err: BaseException | None) -> str:

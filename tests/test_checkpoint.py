@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,3 +85,29 @@ def test_a_full_disk_is_named_keeps_the_previous_checkpoint_and_leaves_no_tempor
         checkpoint.save_atomic({"step": torch.tensor(2), "w": torch.zeros(1 << 20)}, path, keep_previous=True)
     assert checkpoint.load(path)["step"].item() == 1
     assert list(small_disk.iterdir()) == [path]
+
+
+class _StopsMidWrite:
+    """Pickled inside torch.save: asks this process to stop (SIGTERM) while the checkpoint is being written."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return int, (7,)
+
+
+def test_a_stop_asked_for_mid_write_comes_after_a_whole_checkpoint(tmp_path: Path) -> None:
+    class Stopped(Exception):
+        pass
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped):
+            checkpoint.save_atomic({"step": 3, "mid": _StopsMidWrite()}, tmp_path / "last.pt")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    whole = torch.load(tmp_path / "last.pt", weights_only=False)  # the test's own object: not a plain value
+    assert whole == {"step": 3, "mid": 7}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left
