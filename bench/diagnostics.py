@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy.linalg import subspace_angles
 
+from bench.metric_keys import LayerKey
+
 LAYER_TABLE = "layers.csv"
 
 
@@ -55,12 +57,12 @@ def weight_report(
         u0, s0, _ = np.linalg.svd(as_matrix(w0), full_matrices=False)
         u1, s1, _ = np.linalg.svd(as_matrix(w1), full_matrices=False)
         k = top_k(len(s0))
-        scalars[f"drift/{name}"] = float(np.degrees(subspace_angles(u0[:, :k], u1[:, :k]).max()))
-        scalars[f"spectrum/{name}"] = float(np.linalg.norm(s1 - s0) / np.linalg.norm(s0))
+        scalars[LayerKey("drift", name).key] = float(np.degrees(subspace_angles(u0[:, :k], u1[:, :k]).max()))
+        scalars[LayerKey("spectrum", name).key] = float(np.linalg.norm(s1 - s0) / np.linalg.norm(s0))
         arrays[f"{name}/before"], arrays[f"{name}/after"] = s0, s1
     if named:
-        scalars["drift_mean"] = float(np.mean([v for k, v in scalars.items() if k.startswith("drift/")]))
-        scalars["spectrum_mean"] = float(np.mean([v for k, v in scalars.items() if k.startswith("spectrum/")]))
+        for quantity in ("drift", "spectrum"):
+            scalars[f"{quantity}_mean"] = float(np.mean([scalars[LayerKey(quantity, n).key] for n in named]))
     return scalars, arrays
 
 
@@ -71,9 +73,8 @@ def write_layer_table(scalars: Mapping[str, float], path: Path) -> dict[str, flo
     table: dict[str, dict[str, float]] = {}
     summaries = {}
     for key, value in scalars.items():
-        quantity, _, layer = key.partition("/")
-        if layer:
-            table.setdefault(layer, {})[quantity] = value
+        if (parsed := LayerKey.parse(key)) is not None:
+            table.setdefault(parsed.layer, {})[parsed.quantity] = value
         else:
             summaries[key] = value
     if table:

@@ -24,19 +24,37 @@ from typing import Any
 from bench.config import RunConfig
 from bench.data.cards import load_card
 from bench.grid import Cell
+from bench.metric_keys import (
+    AVG,
+    DIAG,
+    LAST,
+    RESUME_STEP,
+    SELECTED,
+    STEP_TIME,
+    TRAIN,
+    TRAINABLE,
+    VAL,
+    ResultKey,
+    grouped,
+)
 from bench.tracking import KIND, NOTE, TRAINING, experiment_id, set_experiment_tags
 
 TESTS = ("auc", "auc_lo", "auc_hi", "video_auc", "video_auc_lo", "video_auc_hi", "eer")
 """The metrics of each test card that MLflow gets (validation-selected checkpoint)."""
 VALIDATION = ("auc", "eer", "video_auc", "selected_step")
 """The ``val/`` metrics that MLflow gets (with the selection metric, when another)."""
-WHOLE = ("train", "diag", "avg", "params/trainable", "resume_step")
+WHOLE = (TRAIN, DIAG, AVG, TRAINABLE, RESUME_STEP)
 """Groups (the part of a key before its first ``/``) and keys that MLflow gets whole."""
-AVERAGE = "avg/auc"
-COLUMNS = ("params/trainable", "train/step_seconds")
+AVERAGE = grouped(AVG, "auc")
+COLUMNS = (TRAINABLE, STEP_TIME)
 """Columns of the view after the AUCs."""
-ROWS = (("AUC", "auc"), ("video AUC", "video_auc"), ("EER", "eer"), ("AUC, last checkpoint", "last/auc"))
-"""The rows of a run's description: title and metric."""
+ROWS = (
+    ("AUC", "auc", SELECTED),
+    ("video AUC", "video_auc", SELECTED),
+    ("EER", "eer", SELECTED),
+    ("AUC, last checkpoint", "auc", LAST),
+)
+"""The rows of a run's description: title, metric and checkpoint."""
 SHARE_KEY = "leaderboard"
 VIEW_TAG = f"mlflow.sharedViewState.{SHARE_KEY}"
 UI = "http://127.0.0.1:5000"
@@ -47,16 +65,18 @@ LAST_GRID = Path("results") / "last-grid.json"
 def tracked(key: str, select_metric: str = "auc") -> bool:
     """Whether MLflow gets a run's value ``key``; the others stay in the run's ``metrics.json``."""
     group, _, name = key.partition("/")
-    if group == "val":
+    if group == VAL:
         return name in (*VALIDATION, select_metric)
-    return key in WHOLE or group in WHOLE or (group in TESTS and "/" not in name)
+    test = ResultKey.parse(key)
+    return key in WHOLE or group in WHOLE or (test is not None and test.checkpoint == SELECTED and test.metric in TESTS)
 
 
-def cross_average(results: Mapping[str, float], train_set: str, metric: str = "auc") -> float:
-    """The mean of ``<metric>/<card>`` over the test cards other than ``train_set`` (the report's ``avg``); NaN
+def cross_average(
+    results: Mapping[str, float], train_set: str, metric: str = "auc", checkpoint: str = SELECTED
+) -> float:
+    """The mean of a checkpoint's ``metric`` over the test cards other than ``train_set`` (the report's ``avg``); NaN
     without any."""
-    prefix = f"{metric}/"
-    cross = [v for k, v in results.items() if k.startswith(prefix) and k != prefix + train_set]
+    cross = [v for card, v in _cards(results, metric, checkpoint).items() if card != train_set]
     return math.fsum(cross) / len(cross) if cross else math.nan
 
 
@@ -67,6 +87,12 @@ def headline(results: Mapping[str, float], cfg: RunConfig) -> dict[str, float]:
     return out if math.isnan(average) else {**out, AVERAGE: average}
 
 
+def _cards(results: Mapping[str, float], metric: str, checkpoint: str = SELECTED) -> dict[str, float]:
+    """A checkpoint's ``metric`` per test card, in the results' order."""
+    parsed = ((ResultKey.parse(k), v) for k, v in results.items())
+    return {k.test_set: v for k, v in parsed if k is not None and (k.metric, k.checkpoint) == (metric, checkpoint)}
+
+
 def _number(value: float, bounds: tuple[float, float] | None = None) -> str:
     """``0.912`` or ``0.912 [0.881, 0.940]``; ``–`` for NaN."""
     if math.isnan(value):
@@ -74,10 +100,11 @@ def _number(value: float, bounds: tuple[float, float] | None = None) -> str:
     return f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
 
 
-def _entry(results: Mapping[str, float], metric: str, card: str) -> str:
-    """``<metric>/<card>`` of the results, with its bounds where they are there."""
-    low, high = results.get(f"{metric}_lo/{card}"), results.get(f"{metric}_hi/{card}")
-    return _number(results.get(f"{metric}/{card}", math.nan), None if low is None or high is None else (low, high))
+def _entry(results: Mapping[str, float], metric: str, card: str, checkpoint: str) -> str:
+    """A checkpoint's ``metric`` of a card, with its bounds where they are there."""
+    low, high = (results.get(ResultKey(f"{metric}_{bound}", card, checkpoint).key) for bound in ("lo", "hi"))
+    value = results.get(ResultKey(metric, card, checkpoint).key, math.nan)
+    return _number(value, None if low is None or high is None else (low, high))
 
 
 def describe(results: Mapping[str, float], cfg: RunConfig) -> str:
@@ -85,13 +112,11 @@ def describe(results: Mapping[str, float], cfg: RunConfig) -> str:
     95% bounds) and the mean over the cross-dataset cards."""
     from bench.report import in_domain, render
 
-    cards = sorted(
-        (k.removeprefix("auc/") for k in results if k.startswith("auc/")), key=lambda c: (c != cfg.data.train, c)
-    )
+    cards = sorted(_cards(results, "auc"), key=lambda c: (c != cfg.data.train, c))
     grid = [["", *(in_domain(c) if c == cfg.data.train else c for c in cards), "avg"]]
-    for title, metric in ROWS:
-        average = _number(cross_average(results, cfg.data.train, metric))
-        grid.append([title, *(_entry(results, metric, card) for card in cards), average])
+    for title, metric, checkpoint in ROWS:
+        average = _number(cross_average(results, cfg.data.train, metric, checkpoint))
+        grid.append([title, *(_entry(results, metric, card, checkpoint) for card in cards), average])
     return render(grid, "markdown")
 
 
@@ -105,7 +130,7 @@ def view_state(cells: Sequence[Cell]) -> dict[str, Any]:
     sorted by ``avg/auc`` (best first) and grouped by label (and tune value, on a grid with a tune axis), so that a
     group's row averages the seeds as the report does."""
     cards = dict.fromkeys(load_card(card).name for cell in cells for card in cell.config.data.test)
-    columns = [_column(m) for m in (AVERAGE, *(f"auc/{c}" for c in cards), *COLUMNS)]
+    columns = [_column(m) for m in (AVERAGE, *(ResultKey("auc", c).key for c in cards), *COLUMNS)]
     keys = ["label", *(["tune"] if any(cell.tune for cell in cells) else [])]
     return {
         "orderByKey": _column(AVERAGE),

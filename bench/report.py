@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from bench import figures
+from bench.metric_keys import DIAG, LAST, SELECTED, TRAIN, VAL, ResultKey, RobustKey, grouped
 from bench.metrics import bootstrap_aucs, delong_difference, delong_p, stratified_draws
 
 METRICS = ("auc", "eer", "ap", "acc", "video_auc", "video_eer", "auc_lo", "auc_hi", "video_auc_lo", "video_auc_hi")
@@ -34,7 +34,7 @@ TABLES = {"auc": "AUC", "video_auc": "Video AUC", "eer": "EER"}  # the cross-dat
 INTERVAL_METRICS = ("auc", "video_auc")  # tables whose cells carry a 95% interval
 LONG_COLUMNS = ["label", "seed", "train_set", "checkpoint", "test_set", "metric", "value"]
 RUN_COLUMNS = {"tags.label": "label", "params.train.seed": "seed", "params.data.train": "train_set"}
-CHECKPOINT_NAMES = {"selected": "validation-selected checkpoint", "last": "last checkpoint"}
+CHECKPOINT_NAMES = {SELECTED: "validation-selected checkpoint", LAST: "last checkpoint"}
 FORMATS = ("text", "markdown", "latex")
 STATS = ("mean", "std", "n")
 BOUNDS = ("lo", "hi")
@@ -44,15 +44,16 @@ CHANCE = 0.5
 CHANCE_MARK = "°"  # the interval reaches chance: not above it
 ONE_SEED = "one seed: no spread over seeds"
 TUNE = "tags.tune"
-VALIDATION = "metrics.val/auc"  # the only number a tune value is chosen on
+COLUMN = "metrics."  # what MLflow's runs frame puts before a run's value name
+VALIDATION = COLUMN + grouped(VAL, "auc")  # the only number a tune value is chosen on
 TUNING_COLUMNS = ["label", "train_set", "tune", *STATS, "kept"]
 ACTIVITY = (  # run metrics shown beside the ablations (mean over seeds): name -> column header
-    ("diag/masked_fraction", "masked"),
-    ("train/orth", "orth"),
-    ("train/spec", "spec"),
-    ("diag/routed_loss_spread", "routed spread"),
-    ("diag/factor_drift", "factor drift"),
-    ("diag/diversity_mean", "diversity"),
+    (grouped(DIAG, "masked_fraction"), "masked"),
+    (grouped(TRAIN, "orth"), "orth"),
+    (grouped(TRAIN, "spec"), "spec"),
+    (grouped(DIAG, "routed_loss_spread"), "routed spread"),
+    (grouped(DIAG, "factor_drift"), "factor drift"),
+    (grouped(DIAG, "diversity_mean"), "diversity"),
 )
 REFERENCE = "masm"  # the full method; its ablations are the labels ``masm/*``
 ALPHA = 0.05
@@ -69,18 +70,21 @@ PAPER_COLUMNS = {
 PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results" / "published"
 PUBLISHED_TABLES = {"effort-table1": "Effort, Table 1", "deepfakebench-v1": "DeepfakeBench v1"}
 PUBLISHED_AS = {"effort": "Effort"}  # our label -> the method's name in published tables
-DRIFT = "metrics.diag/drift_mean"
+DRIFT = COLUMN + grouped(DIAG, "drift_mean")
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 RESULTS = "metrics.json"  # the run artifact with every value its training returned
 ScoreFiles = Mapping[tuple[str, int, str], pd.DataFrame]  # score frames keyed (label, seed, test_set)
 
 
+def _value_name(column: str) -> str:
+    """The run's value name of a ``metrics.<name>`` column (empty for other columns)."""
+    return column.removeprefix(COLUMN) if column.startswith(COLUMN) else ""
+
+
 def _parse_metric(column: str) -> tuple[str, str, str] | None:
-    """``(checkpoint, metric, test_set)`` of a ``metrics.[last/]<metric>/<set>`` column, or None for other metrics."""
-    name = column.removeprefix("metrics.")
-    checkpoint = "last" if name.startswith("last/") else "selected"
-    metric, _, test_set = name.removeprefix("last/").partition("/")
-    return (checkpoint, metric, test_set) if metric in METRICS and test_set else None
+    """``(checkpoint, metric, test_set)`` of a column of a :data:`METRICS` test result, or None for other columns."""
+    key = ResultKey.parse(_value_name(column))
+    return (key.checkpoint, key.metric, key.test_set) if key is not None and key.metric in METRICS else None
 
 
 def _finished(runs: pd.DataFrame) -> pd.DataFrame:
@@ -146,7 +150,7 @@ def collect(runs: pd.DataFrame) -> pd.DataFrame:
         value``.
     """
     runs = _finished(runs)
-    parsed = {c: p for c in runs.columns if c.startswith("metrics.") and (p := _parse_metric(c))}
+    parsed = {c: p for c in runs.columns if (p := _parse_metric(c))}
     if runs.empty or not parsed:
         return pd.DataFrame(columns=LONG_COLUMNS)
     spec = pd.DataFrame([(c, *p) for c, p in parsed.items()], columns=["column", "checkpoint", "metric", "test_set"])
@@ -162,7 +166,7 @@ def in_domain(test_set: str) -> str:
     return f"{test_set} (in-domain)"
 
 
-def per_seed_table(long: pd.DataFrame, metric: str = "auc", checkpoint: str = "selected") -> pd.DataFrame:
+def per_seed_table(long: pd.DataFrame, metric: str = "auc", checkpoint: str = SELECTED) -> pd.DataFrame:
     """One value per ``(label, seed)`` row and column: the in-domain set, the cross-dataset sets, then ``avg``.
 
     ``avg`` is the mean over the cross-dataset sets only (NaN when the seed misses one).
@@ -188,7 +192,7 @@ def _summary(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 
 def cross_dataset_table(
-    long: pd.DataFrame, metric: str = "auc", checkpoint: str = "selected", intervals: pd.DataFrame | None = None
+    long: pd.DataFrame, metric: str = "auc", checkpoint: str = SELECTED, intervals: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Mean, sample std and number of seeds per label (rows) and test set (columns), and intervals if given.
 
@@ -390,7 +394,7 @@ def run_index(runs: pd.DataFrame) -> pd.DataFrame:
     """``label, seed, train_set, run_id`` of the finished runs, with ``drift`` (the mean semantic drift) and the
     :data:`ACTIVITY` metrics (named without ``metrics.``) where logged."""
     runs = _finished(runs)
-    logged = {DRIFT: "drift", **{f"metrics.{name}": name for name, _ in ACTIVITY}}
+    logged = {DRIFT: "drift", **{COLUMN + name: name for name, _ in ACTIVITY}}
     columns = {**RUN_COLUMNS, "run_id": "run_id", **{c: name for c, name in logged.items() if c in runs}}
     return runs.rename(columns=columns)[list(columns.values())].astype({"seed": int}).reset_index(drop=True)
 
@@ -440,7 +444,7 @@ class Artifacts:
                 self.client.download_artifacts(run_id, path, str(local.parent))
         return local
 
-    def scores(self, run_id: str, test_set: str, checkpoint: str = "selected") -> pd.DataFrame | None:
+    def scores(self, run_id: str, test_set: str, checkpoint: str = SELECTED) -> pd.DataFrame | None:
         """The per-frame scores ``video, label, method, score, path`` of one test set, or None."""
         local = self.get(run_id, f"scores/{checkpoint}/{test_set}.csv")
         return None if local is None else pd.read_csv(local, dtype={"video": str, "method": str, "path": str})
@@ -467,7 +471,7 @@ def with_results(runs: pd.DataFrame, artifacts: Artifacts) -> pd.DataFrame:
     records = {run_id: values for run_id in ids if (values := artifacts.results(run_id))}
     if not records:
         return runs
-    extra = pd.DataFrame.from_dict(records, orient="index").add_prefix("metrics.")
+    extra = pd.DataFrame.from_dict(records, orient="index").add_prefix(COLUMN)
     extra = extra.reindex(runs["run_id"]).set_axis(runs.index)
     shared = extra.columns.intersection(runs.columns)
     runs = pd.concat([runs, extra[extra.columns.difference(runs.columns)]], axis=1)
@@ -478,7 +482,7 @@ def with_results(runs: pd.DataFrame, artifacts: Artifacts) -> pd.DataFrame:
 def _test_sets(long: pd.DataFrame, label: str, seed: int) -> list[str]:
     """The test sets with an AUC of the selected checkpoint for one run."""
     rows = long[(long["label"] == label) & (long["seed"] == seed)]
-    return sorted(rows.loc[(rows["metric"] == "auc") & (rows["checkpoint"] == "selected"), "test_set"].unique())
+    return sorted(rows.loc[(rows["metric"] == "auc") & (rows["checkpoint"] == SELECTED), "test_set"].unique())
 
 
 def ablation_labels(labels: Sequence[str], reference: str = REFERENCE) -> list[str]:
@@ -654,7 +658,7 @@ def paper_table(
         A tidy frame ``kind ("published" | "ours" | "difference"), method, column, mean, std, n``; empty when no
         test set maps to a column of ``published``.
     """
-    auc = long[(long["metric"] == "auc") & (long["checkpoint"] == "selected")]
+    auc = long[(long["metric"] == "auc") & (long["checkpoint"] == SELECTED)]
     auc = auc.assign(column=auc["test_set"].map(PAPER_COLUMNS)).dropna(subset=["column"])
     sets = [c for c in published.columns if c in PAPER_COLUMNS.values()]
     columns = [c for c in sets if c in set(auc["column"])]
@@ -707,7 +711,7 @@ def _write_tables(stem: Path, tidy: pd.DataFrame, tables: Sequence[str]) -> None
 
 
 def _score_frames(
-    long: pd.DataFrame, runs: Mapping[tuple[str, int], str], artifacts: Artifacts, checkpoint: str = "selected"
+    long: pd.DataFrame, runs: Mapping[tuple[str, int], str], artifacts: Artifacts, checkpoint: str = SELECTED
 ) -> ScoreFiles:
     """One checkpoint's scores of the given ``(label, seed) -> run id`` runs, keyed ``(label, seed, test_set)``."""
     frames = {}
@@ -875,14 +879,13 @@ def robustness_table(runs: pd.DataFrame, metric: str = "auc") -> pd.DataFrame | 
     """Method x perturbation x level: ``robust/<kind>/<level>/<metric>/<set>`` averaged over the test sets per seed,
     then mean ± std over seeds (columns ``<kind>:<level>``); None when no run was evaluated under perturbations."""
     runs = _finished(runs)
-    pattern = rf"metrics\.robust/(?P<kind>[^/]+)/(?P<level>\d+)/{metric}/(?P<set>.+)"
-    columns = {c: m.groupdict() for c in runs.columns if (m := re.fullmatch(pattern, c))}
-    if runs.empty or not columns:
+    keys = {c: key for c in runs.columns if (key := RobustKey.parse(_value_name(c))) and key.metric == metric}
+    if runs.empty or not keys:
         return None
     long = runs.rename(columns=RUN_COLUMNS).melt(
-        id_vars=["label", "seed"], value_vars=list(columns), var_name="column", value_name="value"
+        id_vars=["label", "seed"], value_vars=list(keys), var_name="column", value_name="value"
     )
-    long["perturbation"] = long["column"].map(lambda c: f"{columns[c]['kind']}:{columns[c]['level']}")
+    long["perturbation"] = long["column"].map(lambda c: f"{keys[c].kind}:{keys[c].level}")
     long = long.dropna(subset=["value"]).astype({"seed": int})
     per_seed = long.pivot_table(index=["label", "seed"], columns="perturbation", values="value", aggfunc="mean")
     order = sorted(per_seed.columns, key=lambda c: (c.split(":")[0], int(c.split(":")[1])))
@@ -989,9 +992,9 @@ def _table_sections(
             note = _seeds_note(table.xs("n", axis=1, level=1).max(axis=1))
             legend = ["", INTERVAL_NOTE] if intervals is not None else []
             markdown += ["", f"## {title}, {name}{note}", "", format_table(table, "markdown"), *legend]
-            if checkpoint == "selected":
+            if checkpoint == SELECTED:
                 printed.append("\n".join([f"{title} ({name}){note}", format_table(table, "text"), *legend[1:]]))
-            if (metric, checkpoint) == ("auc", "selected"):
+            if (metric, checkpoint) == ("auc", SELECTED):
                 heatmap(table, out_dir / "auc_heatmap.png", f"{experiment}: AUC, {name}")
                 markdown += ["", "![AUC, validation-selected checkpoint](auc_heatmap.png)"]
     return markdown, printed
@@ -1016,7 +1019,7 @@ def _tuning_section(tuning: pd.DataFrame, out_dir: Path) -> tuple[list[str], str
         "## Tuning (chosen on validation only)",
         "",
         "Per method and training set, the tune value with the best mean validation AUC over seeds"
-        f" (`{VALIDATION.removeprefix('metrics.')}` of the validation-selected checkpoint) is kept; ties go to the"
+        f" (`{_value_name(VALIDATION)}` of the validation-selected checkpoint) is kept; ties go to the"
         " first value in sorted order. Every table and figure below shows the kept runs only; no test set took part"
         " in the choice.",
         "",
@@ -1082,11 +1085,11 @@ def write_report(
         }
         tables, printed = _table_sections(long, scores, experiment, out_dir)
         markdown += tuning_lines
-        markdown += _test_set_section(long, scores["selected"] or scores["last"], out_dir)
+        markdown += _test_set_section(long, scores[SELECTED] or scores[LAST], out_dir)
         markdown += tables
         markdown += _robustness_section(runs, out_dir)
-        markdown += _ablation_section(long, index, scores["selected"], out_dir)
+        markdown += _ablation_section(long, index, scores[SELECTED], out_dir)
         markdown += _paper_sections(long, out_dir, published_dir, published_as)
-        markdown += _figure_section(long, index, scores["selected"], artifacts, out_dir)
+        markdown += _figure_section(long, index, scores[SELECTED], artifacts, out_dir)
     (out_dir / "report.md").write_text("\n".join([*markdown, ""]))
     return "\n\n".join([*printed, *([tuning_text] if tuning_text else [])])

@@ -14,6 +14,7 @@ from bench.config import ConfigError, RunConfig, save_config
 from bench.data.cards import load_card
 from bench.grid import Cell
 from bench.journal import Journal
+from bench.metric_keys import STEPS
 from bench.tracking import FAILED, FINISHED, KILLED, NOTE, Run, one_line, provenance, runs_by_hash, sync, tracking_uri
 from bench.train import BEST, LAST, train
 
@@ -75,7 +76,7 @@ def run_cell(cell: Cell, experiment: str, grid: str = "") -> Outcome:
         return Outcome(cell.name, FAILED, reason)
     # at the last step, after the validation curve: MLflow's latest val/* is then the selected checkpoint's; the
     # rest of the results stays in metrics.json, an artifact
-    run.log_metrics(leaderboard.headline(metrics, cell.config), step=int(metrics["train/steps"]))
+    run.log_metrics(leaderboard.headline(metrics, cell.config), step=int(metrics[STEPS]))
     run.set_tags({NOTE: leaderboard.describe(metrics, cell.config)})
     run.log_artifacts()
     run.finish(FINISHED)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bench import checkpoint, distributed
+from bench import metric_keys as keys
 from bench.adapter import Adapter
 from bench.backbone import compile_backbone, create_backbone, data_config, memory_format
 from bench.config import RunConfig
@@ -45,8 +46,6 @@ LAYOUT = 2
 
 logger = logging.getLogger(__name__)
 ROBUST_METRICS = ("auc", "eer", "video_auc")
-STEP_TIME = "train/step_seconds"
-"""Wall time per optimizer step of this process's training loop, validation left out (loading, compiling in)."""
 PREPARATION_SEED = 1_000_003
 """Offsets the sampler seed of :meth:`Adapter.prepare`'s batches from the training stream's."""
 
@@ -193,8 +192,8 @@ def _restore_state(state: dict, model: Adapter, optimizer, scheduler) -> tuple[i
     return state["step"], state["best"], state["history"]
 
 
-def _log_prefixed(log: LogFn, prefix: str, values: dict[str, float], step: int) -> None:
-    log({f"{prefix}{k}": float(v) for k, v in values.items() if isinstance(v, int | float)}, step)
+def _log_group(log: LogFn, group: str, values: dict[str, float], step: int) -> None:
+    log({keys.grouped(group, k): float(v) for k, v in values.items() if isinstance(v, int | float)}, step)
 
 
 def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: int | None = None) -> dict[str, float]:
@@ -255,7 +254,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     history: list[dict[str, float]] = []
     if state is not None:
         step, best, history = _restore_state(state, model, optimizer, scheduler)
-        log({"resume_step": float(step)}, step)
+        log({keys.RESUME_STEP: float(step)}, step)
 
     evaluator = Evaluator(model, cfg, data, device)
     sampler = StepSampler(groups, micro, cfg.train.seed, step * accumulate, total * accumulate)
@@ -282,13 +281,13 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
         bar.update(1)
         bar.set_postfix(loss=f"{values['loss']:.3f}")
         if step % cfg.train.log_every == 0 or step == total:
-            _log_prefixed(log, "train/", values, step)
+            _log_group(log, keys.TRAIN, values, step)
         if step % steps_per_epoch == 0:
             val, _, _ = evaluator.metrics("val", splits.val)
             model.train()
             value = val[cfg.eval.select_metric]
             history.append({"step": step, **val})
-            _log_prefixed(log, "val/", val, step)
+            _log_group(log, keys.VAL, val, step)
             if value > best["value"]:
                 best = {"value": value, "step": step, "metrics": val}
                 if rank == 0:
@@ -299,7 +298,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
             _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
     bar.close()
     if step > first:  # logged, not returned: the results of a resumed run equal those of one that was not
-        log({STEP_TIME: (time.perf_counter() - began - evaluator.seconds) / (step - first)}, step)
+        log({keys.STEP_TIME: (time.perf_counter() - began - evaluator.seconds) / (step - first)}, step)
     return _final_tests(cfg, run_dir, model, evaluator, splits, best, step)
 
 
@@ -309,10 +308,10 @@ def _final_tests(
     """Test every test card with the last weights, then with the validation-selected ones (the same weights, not
     tested twice, when the last validation was the best)."""
     main = distributed.is_main()
-    results: dict[str, float] = {"params/trainable": model.num_trainable(), "params/total": _count(model)}
+    results: dict[str, float] = {keys.TRAINABLE: model.num_trainable(), keys.TOTAL: _count(model)}
     tested: dict[str, tuple[dict[str, float], list[Frame], np.ndarray]] = {}
-    for prefix, tag in (("last/", "last"), ("", "selected")):
-        if tag == "selected" and best["step"] != step:
+    for tag in (keys.LAST, keys.SELECTED):
+        if tag == keys.SELECTED and best["step"] != step:
             model.load_checkpoint_state(checkpoint.load(run_dir / BEST))
             tested.clear()
         for name, frames in tqdm(
@@ -323,18 +322,19 @@ def _final_tests(
             metrics, kept, scores = tested[name]
             if main:
                 write_scores(run_dir / "scores" / tag / f"{name}.csv", kept, scores)
-            results.update({f"{prefix}{k}/{name}": v for k, v in metrics.items()})
+            results.update({keys.ResultKey(k, name, tag).key: v for k, v in metrics.items()})
     for kind, level in cfg.eval.perturbation_levels():  # robustness of the selected weights
         for name, frames in splits.tests.items():
             metrics, _, _ = evaluator.metrics(name, frames, perturbation=(kind, level))
-            results.update({f"robust/{kind}/{level}/{k}/{name}": metrics[k] for k in ROBUST_METRICS if k in metrics})
-    results.update({f"val/{k}": v for k, v in best["metrics"].items()})
-    results["val/selected_step"] = best["step"]
-    results["train/steps"] = step
+            robust = {keys.RobustKey(kind, level, k, name).key: metrics[k] for k in ROBUST_METRICS if k in metrics}
+            results.update(robust)
+    results.update({keys.grouped(keys.VAL, k): v for k, v in best["metrics"].items()})
+    results[keys.SELECTED_STEP] = best["step"]
+    results[keys.STEPS] = step
     if main:
         folder = run_dir / "diagnostics"
         summaries = write_layer_table(model.diagnostics(folder), folder / LAYER_TABLE)
-        results.update({f"diag/{k}": v for k, v in summaries.items()})
+        results.update({keys.grouped(keys.DIAG, k): v for k, v in summaries.items()})
         (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     return results
 
