@@ -8,16 +8,34 @@ adapter, never in the loop.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.slot_optim import Slots
+
+Draw = Callable[[Mapping[str, Mapping[str, np.ndarray]], Path], Path]
+"""A figure of per-label arrays, written as a PNG to the given path, which it returns."""
+
+
+class Artifact(NamedTuple):
+    """An ``.npz`` file that an adapter's :meth:`~Adapter.diagnostics` writes, and how the report draws it: ``draw``
+    gets the file's arrays per label (first seed of each) and writes ``figure``, shown under ``caption``."""
+
+    file: str
+    draw: Draw
+    caption: str
+
+    @property
+    def figure(self) -> str:
+        """The figure's file name: the artifact's, as a PNG."""
+        return str(Path(self.file).with_suffix(".png"))
 
 
 class Adapter(nn.Module):
@@ -25,6 +43,9 @@ class Adapter(nn.Module):
 
     Subclasses freeze or wrap parts of ``self.backbone`` in ``__init__`` and override the hooks they need.
     """
+
+    artifacts: ClassVar[tuple[Artifact, ...]] = ()
+    """The files :meth:`diagnostics` may write for the report's figures (its registration passes them on)."""
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
@@ -93,8 +114,8 @@ class Adapter(nn.Module):
 
     def diagnostics(self, folder: Path) -> dict[str, float]:
         """Scalars describing the adapted weights (drift, diversity, ...) at the end of training: summaries, logged,
-        and per-layer values keyed ``<quantity>/<layer>``, which go to the table ``folder/layers.csv``; arrays for
-        the report's figures (spectra, mask history) may be written to ``folder``."""
+        and per-layer values keyed ``<quantity>/<layer>``, which go to the table ``folder/layers.csv``; the
+        :attr:`artifacts` declared are written to ``folder``."""
         return {}
 
     def checkpoint_state(self) -> dict[str, Any]:

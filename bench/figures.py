@@ -112,16 +112,8 @@ def drift_scatter(points: pd.DataFrame, out: Path) -> Path:
     return save(fig, out)
 
 
-def ablation_bars(bars: pd.DataFrame, out: Path, reference: str = "masm") -> Path:
-    """Horizontal bars of each label's mean with its confidence interval; a dashed line at the reference's mean.
-
-    Args:
-        bars: columns ``label, mean, lo, hi`` (NaN bounds draw no interval).
-        out: the PNG to write.
-        reference: the label whose mean is marked by a line.
-    """
-    fig = Figure(figsize=(7, 0.45 * len(bars) + 1.5))
-    ax = fig.subplots()
+def _bars_panel(ax: Axes, reference: str, bars: pd.DataFrame) -> None:
+    """One reference's bars, its own orange with a dashed line at its mean."""
     y = np.arange(len(bars))
     err = np.vstack([bars["mean"] - bars["lo"], bars["hi"] - bars["mean"]])
     colors = ["tab:orange" if label == reference else "tab:blue" for label in bars["label"]]
@@ -131,7 +123,23 @@ def ablation_bars(bars: pd.DataFrame, out: Path, reference: str = "masm") -> Pat
     if (bars["label"] == reference).any():
         ax.axvline(float(bars.loc[bars["label"] == reference, "mean"].iloc[0]), color="k", linestyle="--")
     ax.set_xlim(left=max(0.0, float(np.nanmin(bars[["mean", "lo"]].to_numpy())) - 0.05))
-    ax.set(xlabel="cross-dataset AUC (avg over test sets), 95% CI over seeds", title="Ablations")
+    ax.set(xlabel="cross-dataset AUC (avg over test sets), 95% CI over seeds", title=f"Ablations of {reference}")
+
+
+def ablation_bars(panels: Mapping[str, pd.DataFrame], out: Path) -> Path:
+    """Per reference method, a panel of horizontal bars: each label's mean with its confidence interval, a dashed
+    line at the reference's mean; panels stacked vertically.
+
+    Args:
+        panels: per reference, columns ``label, mean, lo, hi`` (NaN bounds draw no interval).
+        out: the PNG to write.
+    """
+    heights = [0.45 * len(bars) + 1.5 for bars in panels.values()]
+    fig = Figure(figsize=(7, sum(heights)))
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (reference, bars) in zip(axes, panels.items(), strict=True):
+        _bars_panel(ax, reference, bars)
+    fig.tight_layout()
     return save(fig, out)
 
 

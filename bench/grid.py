@@ -45,7 +45,7 @@ from bench.config import (
 from bench.data.cards import load_card
 from bench.data.synthesis import training_methods
 from bench.recipes import load_recipe
-from bench.registry import get_method
+from bench.registry import BASELINE, get_method
 
 GRIDS_DIR = Path(__file__).resolve().parents[1] / "grids"
 
@@ -140,7 +140,7 @@ def tune_choices(tune: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]
 def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = "grid") -> list[Cell]:
     """All cells of the grid: methods x variants x training cards x tune values x seeds, with ``--set`` applied
     last; the tune value goes into the cell name, not its label."""
-    methods = spec.methods or [spec.base.get("method", {}).get("name", "full-ft")]
+    methods = spec.methods or [spec.base.get("method", {}).get("name", BASELINE)]
     unknown = sorted(set(spec.per_method) - set(methods))
     if unknown:
         raise ConfigError(f"{where}: per_method names methods not in the grid: {', '.join(unknown)}")

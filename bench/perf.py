@@ -42,27 +42,6 @@ if TYPE_CHECKING:
 K_METHODS = 4
 """Forgery methods in the synthetic batches (FaceForensics++'s four); MASM gets one subspace each."""
 
-DEFAULT_METHODS = (
-    "full-ft",
-    "linear-probe",
-    "lora",
-    "effort",
-    "effort-paper",
-    "masm",
-    "masm:routing=none",
-    "masm:routing=none:dense=true",
-    "masm:routing=none:targets=all",
-    "masm:routing=none:targets=all:dense=true",
-    "dora",
-    "pissa",
-    "adalora",
-    "osf",
-    "oft",
-    "boft",
-    "ln-tuning",
-    "bitfit",
-)
-REFERENCE = "full-ft"
 PROFILE_STEPS = 3
 CUDA_PEAK_TFLOPS = 989.0
 """Dense bf16 peak of an H100/H200 SXM: the MFU denominator on CUDA unless ``--peak-tflops`` is given."""
@@ -145,7 +124,7 @@ class Settings:
     Attributes:
         backbone: timm model name (random weights).
         batch_size: images per training and evaluation batch.
-        methods: rows, ``name[:key=value...]``.
+        methods: rows, ``name[:key=value...]``; empty: :func:`default_methods`.
         device: ``cpu`` or ``cuda``.
         steps: timed training steps and evaluation batches per worker.
         warmup: untimed steps (and evaluation batches) before them; the first step is timed alone
@@ -165,7 +144,7 @@ class Settings:
 
     backbone: str = "vit_small_patch16_224"
     batch_size: int = 8
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = ()
     device: str = "cpu"
     steps: int = 10
     warmup: int = 3
@@ -179,6 +158,9 @@ class Settings:
     loader_workers: int = 2
     loader_batches: int = 50
     profile_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        self.methods = self.methods or default_methods()
 
     @property
     def worker_steps(self) -> int:
@@ -463,9 +445,19 @@ def _spawn(s: Settings, row: str | None) -> dict[str, Any]:
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
+def default_methods() -> tuple[str, ...]:
+    """The rows measured unless others are asked for: every registered method's (its registration's ``perf_rows``),
+    :data:`~bench.registry.BASELINE` first."""
+    from bench.registry import perf_rows
+
+    return tuple(perf_rows())
+
+
 def rows_in_order(methods: tuple[str, ...] | list[str]) -> list[str]:
-    """The rows to measure: the reference (full-ft) first, then the others in the order given, once each."""
-    return list(dict.fromkeys([REFERENCE, *methods]))
+    """The rows to measure: :data:`~bench.registry.BASELINE` first, then the others in the order given, once each."""
+    from bench.registry import BASELINE
+
+    return list(dict.fromkeys([BASELINE, *methods]))
 
 
 def check_loader_batch(s: Settings) -> None:
@@ -520,11 +512,14 @@ def measure(
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Settings) -> list[dict[str, Any]]:
-    """One row per method with every column of :data:`COLUMNS`: medians over repeats and ratios to the reference.
+    """One row per method with every column of :data:`COLUMNS`: medians over repeats and ratios to the baseline
+    (:data:`~bench.registry.BASELINE`).
 
     Step times are pooled over repeats before the median; ``eval_vs_plain`` is the median of each process's own
     ratio (method and plain backbone timed side by side).
     """
+    from bench.registry import BASELINE
+
     peak = s.peak_tflops if s.peak_tflops is not None else (CUDA_PEAK_TFLOPS if s.device == "cuda" else None)
     loader_img_s = statistics.median(loader) if loader else None
     out = []
@@ -562,7 +557,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Set
                 **{c: _median_or_none([r.get(c) for r in results]) for c in PROFILE_COLUMNS if c in results[0]},
             }
         )
-    ref = next((r for r in out if r["method"] == REFERENCE), None)  # None: its worker failed, no ratios
+    ref = next((r for r in out if r["method"] == BASELINE), None)  # None: its worker failed, no ratios
     for r in out:
         r["params_vs_fullft"] = r["trainable_params"] / ref["trainable_params"] if ref else None
         r["step_vs_fullft"] = r["step_s"] / ref["step_s"] if ref else None
@@ -658,11 +653,15 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def add_perf_command(sub: argparse._SubParsersAction) -> None:
     """Add ``bench perf`` to the CLI's subparsers (its handler is ``args.handler``)."""
-    defaults = Settings()
+    defaults = Settings  # the fields' defaults; an instance would import every method for its rows
     perf = sub.add_parser("perf", help="training-step time, evaluation throughput and memory of each method")
     perf.add_argument("--backbone", default=defaults.backbone, help="timm model name (random weights)")
     perf.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 32 on CUDA")
-    perf.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="rows, comma separated: name[:key=value]")
+    perf.add_argument(
+        "--methods",
+        default="",
+        help="rows, comma separated: name[:key=value] (default: every method's, `bench methods`)",
+    )
     perf.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     perf.add_argument("--steps", type=int, default=defaults.steps, help="timed steps (and eval batches) per process")
     perf.add_argument(

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from bench.adapter import Adapter
+from bench.adapter import Adapter, Artifact
 from bench.config import ConfigError, build_dataclass
 
 Builder = Callable[[nn.Module, Any], Adapter]
+BASELINE = "full-ft"
+"""The method others are measured against where one is needed: ``bench perf``'s ratios, a grid's default method."""
 
 
 class UnsupportedBackbone(ConfigError):
@@ -28,7 +30,12 @@ class UnsupportedBackbone(ConfigError):
 @dataclass(frozen=True)
 class Method:
     """A registered strategy: a builder, its options dataclass, preset overrides (for named ablations) and, for a
-    method that cannot adapt every backbone, what it cannot (its builder then raises :class:`UnsupportedBackbone`)."""
+    method that cannot adapt every backbone, what it cannot (its builder then raises :class:`UnsupportedBackbone`).
+
+    ``parent`` is the method a variant presets; a variant named ``<parent>/<what>`` is an ablation of it
+    (:attr:`ablates`). ``artifacts`` are the diagnostics files its adapter writes for the report's figures,
+    ``perf_rows`` the rows ``bench perf`` measures of it by default (``name[:key=value...]``).
+    """
 
     name: str
     summary: str
@@ -36,6 +43,14 @@ class Method:
     build: Builder
     preset: dict[str, Any] = field(default_factory=dict)
     limits: str = ""
+    parent: str = ""
+    artifacts: tuple[Artifact, ...] = ()
+    perf_rows: tuple[str, ...] = ()
+
+    @property
+    def ablates(self) -> str:
+        """The method this one is an ablation of, or ``""``."""
+        return self.parent if self.name.startswith(f"{self.parent}/") else ""
 
     def resolve(
         self,
@@ -72,23 +87,47 @@ _METHODS: dict[str, Method] = {}
 
 
 def register_method(
-    name: str, options: type, summary: str, limits: str = "", **preset: Any
+    name: str,
+    options: type,
+    summary: str,
+    limits: str = "",
+    artifacts: tuple[Artifact, ...] = (),
+    perf_rows: tuple[str, ...] | None = None,
+    **preset: Any,
 ) -> Callable[[Builder], Builder]:
-    """Decorator registering ``build(backbone, options) -> Adapter`` under ``name``; duplicates are an error."""
+    """Decorator registering ``build(backbone, options) -> Adapter`` under ``name``; duplicates are an error.
+
+    ``artifacts``: its adapter's (:attr:`Adapter.artifacts`); ``perf_rows``: ``bench perf``'s default rows of it
+    (``(name,)`` unless given).
+    """
 
     def decorator(build: Builder) -> Builder:
-        add_method(Method(name, summary, options, build, dict(preset), limits))
+        rows = (name,) if perf_rows is None else perf_rows
+        add_method(Method(name, summary, options, build, dict(preset), limits, artifacts=artifacts, perf_rows=rows))
         return build
 
     return decorator
 
 
-def register_variant(name: str, base: str, summary: str, limits: str = "", **preset: Any) -> None:
-    """Register a named ablation: ``base``'s builder with some options fixed (e.g. ``masm/no-mask``)."""
+def register_variant(
+    name: str, base: str, summary: str, limits: str = "", perf_rows: tuple[str, ...] | None = None, **preset: Any
+) -> None:
+    """Register ``base``'s builder with some options fixed under ``name``: an ablation of ``base`` when named
+    ``<base>/<what>`` (e.g. ``masm/no-mask``), else a method of its own (e.g. ``dora`` of ``lora``).
+
+    It writes ``base``'s artifacts; ``bench perf`` measures it by default unless it is an ablation (or
+    ``perf_rows`` says otherwise).
+
+    Raises:
+        ValueError: ``name`` has a ``/`` but does not start with ``<base>/``.
+    """
     parent = get_method(base)
-    add_method(
-        Method(name, summary, parent.options, parent.build, {**parent.preset, **preset}, limits or parent.limits)
-    )
+    if "/" in name and not name.startswith(f"{base}/"):
+        raise ValueError(f"variant '{name}' of '{base}': an ablation's name starts with '{base}/'")
+    rows = ((name,) if "/" not in name else ()) if perf_rows is None else perf_rows
+    preset = {**parent.preset, **preset}
+    limits = limits or parent.limits
+    add_method(Method(name, summary, parent.options, parent.build, preset, limits, base, parent.artifacts, rows))
 
 
 def add_method(method: Method) -> None:
@@ -116,3 +155,28 @@ def list_methods(pattern: str = "*") -> list[str]:
     """Registered names matching the shell-style ``pattern``, sorted."""
     _load_builtin()
     return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
+
+
+def ablations() -> dict[str, list[str]]:
+    """Each method that has ablations -> their names, both sorted."""
+    found: dict[str, list[str]] = {}
+    for name in list_methods():
+        if reference := _METHODS[name].ablates:
+            found.setdefault(reference, []).append(name)
+    return dict(sorted(found.items()))
+
+
+def artifacts(names: Iterable[str]) -> list[Artifact]:
+    """The artifacts of the registered methods among ``names``, each file once, in the order of sorted names."""
+    wanted = set(names)
+    found: dict[str, Artifact] = {}
+    for name in list_methods():
+        if name in wanted:
+            found.update({a.file: a for a in _METHODS[name].artifacts if a.file not in found})
+    return list(found.values())
+
+
+def perf_rows() -> list[str]:
+    """``bench perf``'s default rows: :data:`BASELINE`'s, then every other method's in sorted order."""
+    names = [BASELINE, *(n for n in list_methods() if n != BASELINE)]
+    return [row for name in names for row in _METHODS[name].perf_rows]

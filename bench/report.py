@@ -25,7 +25,8 @@ import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from bench import figures
+from bench import figures, registry
+from bench.adapter import Artifact
 from bench.metric_keys import DIAG, LAST, SELECTED, TRAIN, VAL, ResultKey, RobustKey, grouped
 from bench.metrics import bootstrap_aucs, delong_difference, delong_p, stratified_draws
 
@@ -55,7 +56,6 @@ ACTIVITY = (  # run metrics shown beside the ablations (mean over seeds): name -
     (grouped(DIAG, "factor_drift"), "factor drift"),
     (grouped(DIAG, "diversity_mean"), "diversity"),
 )
-REFERENCE = "masm"  # the full method; its ablations are the labels ``masm/*``
 ALPHA = 0.05
 PAPER_COLUMNS = {
     "celebdf-v1": "CDF-v1",
@@ -71,6 +71,7 @@ PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results" / "published"
 PUBLISHED_TABLES = {"effort-table1": "Effort, Table 1", "deepfakebench-v1": "DeepfakeBench v1"}
 PUBLISHED_AS = {"effort": "Effort"}  # our label -> the method's name in published tables
 DRIFT = COLUMN + grouped(DIAG, "drift_mean")
+METHOD = "params.method.name"
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 RESULTS = "metrics.json"  # the run artifact with every value its training returned
 ScoreFiles = Mapping[tuple[str, int, str], pd.DataFrame]  # score frames keyed (label, seed, test_set)
@@ -394,7 +395,7 @@ def run_index(runs: pd.DataFrame) -> pd.DataFrame:
     """``label, seed, train_set, run_id`` of the finished runs, with ``drift`` (the mean semantic drift) and the
     :data:`ACTIVITY` metrics (named without ``metrics.``) where logged."""
     runs = _finished(runs)
-    logged = {DRIFT: "drift", **{COLUMN + name: name for name, _ in ACTIVITY}}
+    logged = {METHOD: "method", DRIFT: "drift", **{COLUMN + name: name for name, _ in ACTIVITY}}
     columns = {**RUN_COLUMNS, "run_id": "run_id", **{c: name for c, name in logged.items() if c in runs}}
     return runs.rename(columns=columns)[list(columns.values())].astype({"seed": int}).reset_index(drop=True)
 
@@ -485,7 +486,7 @@ def _test_sets(long: pd.DataFrame, label: str, seed: int) -> list[str]:
     return sorted(rows.loc[(rows["metric"] == "auc") & (rows["checkpoint"] == SELECTED), "test_set"].unique())
 
 
-def ablation_labels(labels: Sequence[str], reference: str = REFERENCE) -> list[str]:
+def ablation_labels(labels: Sequence[str], reference: str) -> list[str]:
     """The reference then its ablations ``<reference>/*`` (sorted); empty without the reference or any ablation."""
     ablations = sorted(label for label in labels if label.startswith(f"{reference}/"))
     return [reference, *ablations] if reference in labels and ablations else []
@@ -536,7 +537,7 @@ def detectable_difference(standard_errors: Sequence[float], alpha: float = ALPHA
     return float(norm.isf(alpha / 2) * math.sqrt(len(se)) / np.sum(1 / se))
 
 
-def ablation_pvalues(scores: ScoreFiles, reference: str = REFERENCE) -> pd.DataFrame:
+def ablation_pvalues(scores: ScoreFiles, reference: str) -> pd.DataFrame:
     """DeLong's test of each label against the reference per seed and test set, combined over seeds by Stouffer.
 
     Args:
@@ -562,7 +563,7 @@ def ablation_pvalues(scores: ScoreFiles, reference: str = REFERENCE) -> pd.DataF
 
 
 def ablation_table(
-    long: pd.DataFrame, pvalues: pd.DataFrame, reference: str = REFERENCE, activity: pd.DataFrame | None = None
+    long: pd.DataFrame, pvalues: pd.DataFrame, reference: str, activity: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Video AUC of the reference and its ablations (selected checkpoint) with the change against the reference:
     the AUC that the DeLong tests of :func:`ablation_pvalues` compare.
@@ -734,21 +735,39 @@ def _seeds_note(n: pd.Series) -> str:
     return f" — {ONE_SEED}" if n.max() <= 1 else ""
 
 
+def ablation_groups(labels: Sequence[str]) -> dict[str, list[str]]:
+    """Per registered method with ablations (:func:`bench.registry.ablations`), its :func:`ablation_labels` among
+    ``labels``, where it has some."""
+    return {ref: found for ref in registry.ablations() if (found := ablation_labels(labels, ref))}
+
+
 def _ablation_section(long: pd.DataFrame, index: pd.DataFrame, scores: ScoreFiles, out_dir: Path) -> list[str]:
-    """The ablation tables (``ablation.csv``, ``.tex``) and their report section; nothing without ablations."""
-    labels = ablation_labels(long["label"].unique())
-    if not labels:
-        return []
-    pvalues = ablation_pvalues({key: frame for key, frame in scores.items() if key[0] in labels})
-    tidy = ablation_table(long, pvalues, activity=_activity(index, labels))
-    _write_tables(out_dir / "ablation", tidy, format_ablation(tidy, "latex"))
+    """The ablation tables of every reference with ablations (``ablation.csv`` with a ``reference`` column, ``.tex``)
+    and a report section each; nothing without ablations."""
+    tidies: list[pd.DataFrame] = []
+    latex: list[str] = []
+    lines: list[str] = []
+    for reference, labels in ablation_groups(long["label"].unique()).items():
+        pvalues = ablation_pvalues({key: frame for key, frame in scores.items() if key[0] in labels}, reference)
+        tidy = ablation_table(long, pvalues, reference, activity=_activity(index, labels))
+        tidies.append(tidy.assign(reference=reference))
+        latex += format_ablation(tidy, "latex")
+        lines += _ablation_lines(reference, tidy)
+    if tidies:
+        tidy = pd.concat(tidies, ignore_index=True)
+        _write_tables(out_dir / "ablation", tidy[["reference", *tidy.columns.drop("reference")]], latex)
+    return lines
+
+
+def _ablation_lines(reference: str, tidy: pd.DataFrame) -> list[str]:
+    """The report section of one reference's :func:`ablation_table`."""
     means, pvalues = format_ablation(tidy, "markdown")
     activity = ", ".join(f"`{header}` ({name})" for name, header in ACTIVITY if name in tidy)
     return [
         "",
-        f"## Ablations of `{REFERENCE}` (video AUC, validation-selected checkpoint){_seeds_note(tidy['n'])}",
+        f"## Ablations of `{reference}` (video AUC, validation-selected checkpoint){_seeds_note(tidy['n'])}",
         "",
-        f"Cells: mean ± std over seeds and, in brackets, the change of the mean against `{REFERENCE}`; `*` marks"
+        f"Cells: mean ± std over seeds and, in brackets, the change of the mean against `{reference}`; `*` marks"
         f" p < {ALPHA}. p: DeLong's test of the two video AUCs (mean frame score per video: frames of one video are"
         " not independent) on the same videos per seed, combined over the seeds both have by Stouffer's method"
         " (z signed by the AUC difference). Seeds share the test videos, which makes p somewhat optimistic."
@@ -802,14 +821,14 @@ def seed_interval(values: pd.Series, level: float = 0.95) -> tuple[float, float]
     return float(values.mean()) - half, float(values.mean()) + half
 
 
-def _ablation_figure(long: pd.DataFrame, out: Path) -> Path | None:
-    """Bars of the reference's and its ablations' cross-dataset AUC with 95% t-intervals over seeds."""
-    labels = ablation_labels(long["label"].unique())
-    if not labels:
-        return None
-    avg = per_seed_table(long[long["label"].isin(labels)])["avg"].dropna()
-    bars = [(label, avg[label].mean(), *seed_interval(avg[label])) for label in labels if label in avg.index]
-    return figures.ablation_bars(pd.DataFrame(bars, columns=["label", "mean", "lo", "hi"]), out, REFERENCE)
+def _ablation_figure(long: pd.DataFrame, groups: Mapping[str, list[str]], out: Path) -> Path | None:
+    """Per reference, bars of its and its ablations' cross-dataset AUC with 95% t-intervals over seeds."""
+    panels = {}
+    for reference, labels in groups.items():
+        avg = per_seed_table(long[long["label"].isin(labels)])["avg"].dropna()
+        bars = [(label, avg[label].mean(), *seed_interval(avg[label])) for label in labels if label in avg.index]
+        panels[reference] = pd.DataFrame(bars, columns=["label", "mean", "lo", "hi"])
+    return figures.ablation_bars(panels, out) if panels else None
 
 
 def _drift_figure(long: pd.DataFrame, index: pd.DataFrame, out: Path) -> Path | None:
@@ -824,16 +843,12 @@ def _drift_figure(long: pd.DataFrame, index: pd.DataFrame, out: Path) -> Path | 
     return figures.drift_scatter(points.rename_axis("label").reset_index(), out)
 
 
-def _mask_figure(first: Mapping[tuple[str, int], str], artifacts: Artifacts, out: Path) -> Path | None:
-    """The mask history of the first seed of each label that logged one."""
-    histories = {label: a for (label, _), run in first.items() if (a := artifacts.arrays(run, "mask_history.npz"))}
-    return figures.mask_heatmap(histories, out) if histories else None
-
-
-def _spectra_figure(first: Mapping[tuple[str, int], str], artifacts: Artifacts, out: Path) -> Path | None:
-    """Spectra before and after training of the first seed of each label that logged them (the SVD methods)."""
-    spectra = {label: a for (label, _), run in first.items() if (a := artifacts.arrays(run, "spectra.npz"))}
-    return figures.spectra_plot(spectra, out) if spectra else None
+def _artifact_figure(
+    artifact: Artifact, first: Mapping[tuple[str, int], str], artifacts: Artifacts, out_dir: Path
+) -> Path | None:
+    """A declared artifact's figure, from the first seed of each label that wrote the file."""
+    arrays = {label: a for (label, _), run in first.items() if (a := artifacts.arrays(run, artifact.file))}
+    return artifact.draw(arrays, out_dir / artifact.figure) if arrays else None
 
 
 def _roc_figure(long: pd.DataFrame, first: Mapping[tuple[str, int], str], scores: ScoreFiles, out: Path) -> Path | None:
@@ -847,31 +862,34 @@ def _roc_figure(long: pd.DataFrame, first: Mapping[tuple[str, int], str], scores
     return figures.roc_curves(curves, out) if curves else None
 
 
-FIGURES = {
-    "roc.png": "ROC curves per test set (first seed of each method, validation-selected checkpoint)",
-    "ablation_bars.png": f"Cross-dataset AUC of `{REFERENCE}` and its ablations, 95% t-intervals over seeds",
-    "drift_vs_auc.png": "Semantic drift against cross-dataset AUC (mean ± std over seeds)",
-    "spectra.png": "Singular values before and after training, first, middle and last target layer (first seed)",
-    "mask_history.png": "Selective layer mask over training (first seed; dark = frozen)",
-}
+ROC = "ROC curves per test set (first seed of each method, validation-selected checkpoint)"
+DRIFT_CAPTION = "Semantic drift against cross-dataset AUC (mean ± std over seeds)"
+
+
+def _ablation_caption(references: Sequence[str]) -> str:
+    """The ablation bars' caption, naming the references."""
+    names, whose = ", ".join(f"`{r}`" for r in references), "its" if len(references) == 1 else "their"
+    return f"Cross-dataset AUC of {names} and {whose} ablations, 95% t-intervals over seeds"
 
 
 def _figure_section(
     long: pd.DataFrame, index: pd.DataFrame, scores: ScoreFiles, artifacts: Artifacts, out_dir: Path
 ) -> list[str]:
-    """Draw the figures whose inputs exist and return their report section."""
+    """Draw the figures whose inputs exist, the artifacts' that the runs' methods declare among them, and return
+    their report section."""
     first = run_ids(index, first_seed=True)
+    groups = ablation_groups(long["label"].unique())
+    methods = index["method"].dropna().unique() if "method" in index else []
     drawn = [
-        _roc_figure(long, first, scores, out_dir / "roc.png"),
-        _ablation_figure(long, out_dir / "ablation_bars.png"),
-        _drift_figure(long, index, out_dir / "drift_vs_auc.png"),
-        _spectra_figure(first, artifacts, out_dir / "spectra.png"),
-        _mask_figure(first, artifacts, out_dir / "mask_history.png"),
+        (_roc_figure(long, first, scores, out_dir / "roc.png"), ROC),
+        (_ablation_figure(long, groups, out_dir / "ablation_bars.png"), _ablation_caption(list(groups))),
+        (_drift_figure(long, index, out_dir / "drift_vs_auc.png"), DRIFT_CAPTION),
+        *((_artifact_figure(a, first, artifacts, out_dir), a.caption) for a in registry.artifacts(methods)),
     ]
     lines = []
-    for path in drawn:
+    for path, caption in drawn:
         if path is not None:
-            lines += ["", f"{FIGURES[path.name]}:", "", f"![{FIGURES[path.name]}]({path.name})"]
+            lines += ["", f"{caption}:", "", f"![{caption}]({path.name})"]
     return ["", "## Figures", *lines] if lines else []
 
 

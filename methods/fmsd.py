@@ -162,7 +162,11 @@ def _draw_selection(layers: list[str], scores: np.ndarray, chosen: np.ndarray, r
 
 
 @register_method(
-    "fmsd", FMSDOptions, "MASM v3 (our reading): select layers by gradient bias^2/variance, then subspaces"
+    "fmsd",
+    FMSDOptions,
+    "MASM v3 (our reading): select layers by gradient bias^2/variance, then subspaces",
+    artifacts=FMSD.artifacts,
+    perf_rows=(),  # its layers are chosen from training batches, which `bench perf` does not prepare
 )
 def build(backbone: nn.Module, options: FMSDOptions) -> Adapter:
     return FMSD(backbone, options)

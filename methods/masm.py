@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench import distributed
-from bench.adapter import Adapter
+from bench import distributed, figures
+from bench.adapter import Adapter, Artifact
 from bench.backbone import classifier
 from bench.config import ConfigError, check_choice
 from bench.diagnostics import pairwise_angles, weight_report
@@ -116,11 +116,20 @@ class MASMOptions:
 
 ORTH = {"masm": orth_loss, "effort": effort_orth_loss}
 SPECTRAL = {"tail": spectral_loss, "energy": energy_loss}
+SPECTRA = Artifact(
+    "spectra.npz",
+    figures.spectra_plot,
+    "Singular values before and after training, first, middle and last target layer (first seed)",
+)
+MASK_HISTORY = Artifact(
+    "mask_history.npz", figures.mask_heatmap, "Selective layer mask over training (first seed; dark = frozen)"
+)
 
 
 class MASM(Adapter):
     """The backbone with SVD subspace layers, routing, masks and constraints."""
 
+    artifacts = (SPECTRA, MASK_HISTORY)  # the mask history only where a mask ran
     mask: Tensor
     loss_ema: Tensor
     active: Tensor
@@ -312,10 +321,10 @@ class MASM(Adapter):
             upper = np.triu_indices(self.K, 1)
             scalars["diversity_mean"] = float(np.mean([a[upper].mean() for a in angles]))
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "spectra.npz", **spectra)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
+        np.savez(folder / SPECTRA.file, **spectra)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
         if self.history:
             np.savez(
-                folder / "mask_history.npz",
+                folder / MASK_HISTORY.file,
                 masks=torch.stack(self.history).cpu().numpy(),
                 layers=np.array(self.layer_names),
                 every=self.options.mask_every,
@@ -332,8 +341,21 @@ def _subspace_bases(layer: SubspaceLayer) -> list[np.ndarray]:
     return [u.detach().reshape(-1, u.shape[-1]).double().cpu().numpy() for u in us]
 
 
+PERF_ROWS = (  # the low-rank path without routing, and dense W_eff (Effort's way), on attention and on all layers
+    "masm",
+    "masm:routing=none",
+    "masm:routing=none:dense=true",
+    "masm:routing=none:targets=all",
+    "masm:routing=none:targets=all:dense=true",
+)
+
+
 @register_method(
-    "masm", MASMOptions, "multi-artifact SVD subspaces, routing by forgery method, layer masks, constraints"
+    "masm",
+    MASMOptions,
+    "multi-artifact SVD subspaces, routing by forgery method, layer masks, constraints",
+    artifacts=MASM.artifacts,
+    perf_rows=PERF_ROWS,
 )
 def build(backbone: nn.Module, options: MASMOptions) -> Adapter:
     return MASM(backbone, options)

@@ -57,7 +57,7 @@ def test_drift_scatter_and_ablation_bars_accept_missing_spreads(tmp_path: Path) 
     bars = pd.DataFrame(
         {"label": ["masm", "masm/no-mask"], "mean": [0.9, 0.8], "lo": [0.85, np.nan], "hi": [0.95, np.nan]}
     )
-    assert _is_png(figures.ablation_bars(bars, tmp_path / "bars.png"))
+    assert _is_png(figures.ablation_bars({"masm": bars}, tmp_path / "bars.png"))
 
 
 @pytest.mark.parametrize("sets", [1, 4])

@@ -32,7 +32,7 @@ def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, c
     argv += ["--peak-tflops", "1", "--out", str(tmp_path), "--json"]
     assert _run(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["method"] for r in rows] == list(perf.DEFAULT_METHODS)
+    assert [r["method"] for r in rows] == list(perf.default_methods())
     for row in rows:
         assert set(perf.COLUMNS) <= row.keys()
         numbers = [row[c] for c in perf.COLUMNS if c not in ("method", "mem_over_base_vs_fullft", "step_spread")]
@@ -42,7 +42,7 @@ def test_perf_runs_workers_and_writes_every_column(tmp_path: Path, tiny_cards, c
     assert rows[0]["step_vs_fullft"] == 1.0 and rows[1]["trainable_params"] < rows[0]["trainable_params"]
     with (tmp_path / "test_vit-cpu.csv").open() as fh:
         table = list(csv.DictReader(fh))
-    assert [r["method"] for r in table] == list(perf.DEFAULT_METHODS) and set(perf.COLUMNS) <= table[0].keys()
+    assert [r["method"] for r in table] == list(perf.default_methods()) and set(perf.COLUMNS) <= table[0].keys()
     assert (tmp_path / "test_vit-cpu.png").stat().st_size > 0
 
 
@@ -173,7 +173,7 @@ def test_cpu_defaults_and_flag_checks() -> None:
     parser = argparse.ArgumentParser()
     perf.add_perf_command(parser.add_subparsers(dest="command", required=True))
     settings = perf.settings_from_args(parser.parse_args(["perf", "--device", "cpu"]))
-    assert (settings.repeats, settings.batch_size, settings.methods) == (2, 8, perf.DEFAULT_METHODS)
+    assert (settings.repeats, settings.batch_size, settings.methods) == (2, 8, perf.default_methods())
     assert settings.compile == "off"
     for argv, mode in ((["--compile"], "model"), (["--compile", "blocks"], "blocks")):
         assert perf.settings_from_args(parser.parse_args(["perf", "--device", "cpu", *argv])).compile == mode

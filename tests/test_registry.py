@@ -72,3 +72,22 @@ def test_every_module_of_the_methods_folder_is_imported() -> None:
 
     files = {p.stem for p in Path(methods.__file__).parent.glob("*.py") if not p.name.startswith("_")}
     assert set(methods.__all__) == files and all(f"methods.{name}" in sys.modules for name in files)
+
+
+def test_ablations_are_the_variants_named_after_their_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert registry.ablations()["masm"] == list_methods("masm/*")
+    assert registry.ablations()["fmsd"] == list_methods("fmsd/*")
+    assert get_method("dora").parent == "lora" and get_method("dora").ablates == ""  # a method of its own
+    assert get_method("effort").artifacts == get_method("masm").artifacts != ()  # a variant writes its parent's files
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    with pytest.raises(ValueError, match="an ablation's name starts with 'lora/'"):
+        registry.register_variant("masm/lora-like", "lora", "misnamed")
+
+
+def test_perf_rows_are_the_baselines_then_every_method_but_ablations() -> None:
+    rows = registry.perf_rows()
+    assert rows[0] == registry.BASELINE == "full-ft" and len(set(rows)) == len(rows)
+    assert {"dora", "effort", "masm:routing=none:dense=true"} <= set(rows)
+    assert not [row for row in rows if "/" in row] and "fmsd" not in rows  # fmsd's layers are chosen from data
+    names = {row.partition(":")[0] for row in rows}
+    assert names == {name for name in list_methods() if "/" not in name} - {"fmsd"}

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
+from bench import figures, registry
+from bench.adapter import Artifact
 from bench.metrics import binary_metrics, delong_difference, delong_test
+from bench.registry import list_methods, register_method, register_variant
 from bench.report import (
     BOOTSTRAP,
     BOOTSTRAP_SEED,
@@ -241,22 +247,24 @@ def _diagnostics(label: str, folder: Path) -> None:
         np.savez(folder / "mask_history.npz", masks=masks, layers=np.array(layers), every=20)
 
 
-def _log_grid_run(client, experiment: str, label: str, seed: int, folder: Path) -> None:
-    """One run as the harness logs it: tags, params, test metrics of both checkpoints, diag metrics, artifacts."""
+def _log_grid_run(client, experiment: str, label: str, seed: int, folder: Path, like: str = "") -> None:
+    """One run as the harness logs it: tags, params, test metrics of both checkpoints, diag metrics, artifacts (the
+    scores and diagnostics of the label ``like``, where given, and any ``.npz`` already in ``folder/diagnostics``)."""
+    source = like or label
     tags = {"label": label, "method": label, "family": label.split("/")[0], "cell": f"{label}-{seed}"}
     run_id = client.create_run(experiment, tags={**tags, "grid": "paper", "status": "FINISHED"}).info.run_id
     params = {"method.name": label, "train.seed": seed, "data.train": TRAIN}
-    metrics = {"diag/drift_mean": DRIFT[label] + seed}
-    metrics |= {name: value * (1 + seed) for name, value in ACTIVITY.get(label, {}).items()}
+    metrics = {"diag/drift_mean": DRIFT[source] + seed}
+    metrics |= {name: value * (1 + seed) for name, value in ACTIVITY.get(source, {}).items()}
     for card in CARDS:
-        frame = _scores(label, seed, card)
+        frame = _scores(source, seed, card)
         path = folder / "scores" / "selected" / f"{card}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(path, index=False)
         client.log_artifact(run_id, str(path), "scores/selected")
         for key, value in binary_metrics(frame["label"], frame["score"], frame["video"]).items():
             metrics |= {f"{key}/{card}": value, f"last/{key}/{card}": value - 0.01}
-    _diagnostics(label, folder / "diagnostics")
+    _diagnostics(source, folder / "diagnostics")
     for path in sorted((folder / "diagnostics").glob("*.npz")):
         client.log_artifact(run_id, str(path), "diagnostics")
     client.log_batch(
@@ -622,3 +630,58 @@ def test_ablation_states_the_detectable_difference_and_run_activity(paper_report
     ]
     assert table.loc[("masm", "dfd"), "diag/masked_fraction"] == pytest.approx(0.375)
     assert "train/spec" not in table.columns and "`orth` (train/orth)" in means
+
+
+def test_a_new_method_gets_its_ablation_table_and_figures(
+    tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A method registered here, `foo`, with an ablation `foo/bar` and an artifact of its own: the report draws them
+    as it does MASM's (the runs score like masm and masm/no-mask, and also hold MASM's files, which foo does not
+    declare)."""
+    import mlflow
+
+    @dataclass
+    class FooOptions:
+        pass
+
+    def draw(arrays: Mapping[str, Mapping[str, np.ndarray]], out: Path) -> Path:
+        drawn.update({label: int(a["seed"]) for label, a in arrays.items()})
+        fig = Figure()
+        fig.subplots().plot([0, 1])
+        return figures.save(fig, out)
+
+    drawn: dict[str, int] = {}
+    trace = Artifact("foo_trace.npz", draw, "Foo's trace (first seed)")
+    list_methods()  # the built-in methods first, so that the copy restored after the test holds them
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    register_method("foo", FooOptions, "a throwaway method", artifacts=(trace,))(lambda backbone, options: None)
+    register_variant("foo/bar", "foo", "its ablation")
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.create_experiment("foo-grid", artifact_location=(tmp_path / "artifacts").as_uri())
+    for label, like in (("foo", "masm"), ("foo/bar", "masm/no-mask")):
+        for seed in SEEDS:
+            folder = tmp_path / f"{label.replace('/', '_')}-{seed}"
+            (folder / "diagnostics").mkdir(parents=True)
+            np.savez(folder / "diagnostics" / trace.file, seed=seed)
+            _log_grid_run(client, experiment, label, seed, folder, like=like)
+    out = tmp_path / "report"
+    write_report("foo-grid", tracking_uri, out)
+
+    table = pd.read_csv(out / "ablation.csv").set_index(["label", "column"])
+    assert set(table["reference"]) == {"foo"} and list(dict.fromkeys(table.index.get_level_values(0))) == [
+        "foo",
+        "foo/bar",
+    ]
+    full, ablated = (np.mean(_auc(like, "dfd", "video_auc")) for like in ("masm", "masm/no-mask"))
+    assert table.loc[("foo/bar", "dfd"), "delta"] == pytest.approx(ablated - full)
+    assert table.loc[("foo/bar", "dfd"), "p"] == pytest.approx(_stouffer_by_hand("dfd"))
+    markdown = (out / "report.md").read_text()
+    assert "## Ablations of `foo` (video AUC, validation-selected checkpoint)" in markdown
+    assert drawn == {"foo": 0, "foo/bar": 0}  # the first seed of each label
+    for name, caption in (
+        ("ablation_bars.png", "Cross-dataset AUC of `foo` and its ablations"),
+        (trace.figure, trace.caption),
+    ):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and caption in markdown
+    assert not (out / "spectra.png").exists() and not (out / "mask_history.png").exists()  # not foo's
