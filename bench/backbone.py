@@ -169,7 +169,8 @@ def compile_backbone(model: nn.Module, mode: str) -> None:
 
     ``blocks`` compiles each child of the trunk (timm's ``blocks``, or ``stages``) on its own: identical blocks share
     one graph, so the first step compiles in seconds instead of minutes, and the code between the blocks stays eager.
-    ``model`` compiles the whole backbone as one graph: the slowest to compile, the most fusion.
+    ``model`` compiles the whole backbone as one graph: the slowest to compile, the most fusion. ``step`` leaves the
+    backbone alone: the training step is compiled whole (:class:`bench.step.Step`).
     """
     check_choice("compile", mode, COMPILE_MODES)
     if mode == "model":

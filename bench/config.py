@@ -187,8 +187,9 @@ class OptimConfig:
             raise ConfigError(f"optim.betas must hold two numbers in [0, 1), got {self.betas}")
 
 
-COMPILE_MODES = ("off", "blocks", "model")
-"""``train.compile`` and ``bench perf --compile``: no compilation, each block of the trunk, or the whole backbone."""
+COMPILE_MODES = ("off", "blocks", "model", "step")
+"""``train.compile`` and ``bench perf --compile``: no compilation, each block of the trunk, the whole backbone, or the
+whole training step."""
 
 
 @dataclass
@@ -203,9 +204,11 @@ class TrainConfig:
         checkpoint_every: optimizer steps between checkpoints (one is also written at every epoch end).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         amp: bf16 autocast on CUDA.
-        compile: ``off``, ``blocks`` (``torch.compile`` each block of the backbone's trunk: compiles in seconds)
-            or ``model`` (the whole backbone: slower to compile, more fusion). Speed only, so not part of the run
-            id; the first training steps and the first evaluation compile.
+        compile: ``off``, ``blocks`` (``torch.compile`` each block of the backbone's trunk: compiles in seconds),
+            ``model`` (the whole backbone: slower to compile, more fusion) or ``step`` (the whole training step,
+            forward, backward and optimizer, as one graph; CUDA graphs on CUDA; AdamW or Adam, one process; the
+            evaluation stays eager). Speed only, so not part of the run id; the first training steps and the first
+            evaluation compile.
         log_every: optimizer steps between logged training losses.
     """
 

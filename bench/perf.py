@@ -131,7 +131,8 @@ class Settings:
             (``first_step_s``).
         repeats: interleaved rounds over the rows.
         img_size: input size; ``None`` is the model's own.
-        compile: ``off``, ``blocks`` or ``model`` (:func:`bench.backbone.compile_backbone`).
+        compile: ``off``, ``blocks``, ``model`` (:func:`bench.backbone.compile_backbone`) or ``step`` (the whole
+            training step, :class:`bench.step.Step`).
         channels_last: ``auto`` (as the loop: for convolutional backbones), ``on`` or ``off``.
         peak_tflops: the device's peak rate for MFU; ``None`` is :data:`CUDA_PEAK_TFLOPS` on CUDA, no MFU on CPU.
         card: training card read by the loader measurement.
@@ -280,10 +281,11 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         model, setup_cold = build()
         size = data_config(model.backbone, cfg)["input_size"][-1]
         batch = synthetic_batch(s.batch_size, size, device)
-        train = Step.build(model, OptimConfig(), device, s.worker_steps)  # the loop's step, at the defaults
+        compiled = s.compile == "step"
+        train = Step.build(model, OptimConfig(), device, s.worker_steps, compiled=compiled)  # the loop's, at defaults
         model.train()
         with FlopCounterMode(display=False) as counter:  # one eager forward and backward
-            backward(model.training_loss, batch, device)
+            backward(model.training_loss, batch)
         train.optimizer.zero_grad(set_to_none=True)
         memory_format = _memory_format(s, model)
         model = _prepare(model, memory_format, s.compile)
@@ -680,8 +682,9 @@ def add_perf_command(sub: argparse._SubParsersAction) -> None:
         const="model",
         default="off",
         choices=COMPILE_MODES,
-        help="torch.compile the whole backbone (model, the flag alone) or each block of its trunk (blocks: compiles"
-        " faster, runs slower); results go to <backbone>-<device>-compile-<mode>.csv",
+        help="torch.compile the whole backbone (model, the flag alone), each block of its trunk (blocks: compiles"
+        " faster, runs slower) or the whole training step (step: forward, backward and optimizer in one graph);"
+        " results go to <backbone>-<device>-compile-<mode>.csv",
     )
     perf.add_argument("--channels-last", choices=("auto", "on", "off"), default=defaults.channels_last)
     perf.add_argument("--peak-tflops", type=float, default=None, help=f"for MFU (default {CUDA_PEAK_TFLOPS} on CUDA)")

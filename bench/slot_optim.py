@@ -4,7 +4,9 @@ A parameter with :class:`Slots` is a stack whose leading axis is the layer and w
 ``width`` columns (slot ``(l, k)`` is ``p[l, ..., k*width:(k+1)*width]``). Before each step its owner sets
 ``Slots.live`` (L, K); a slot that is not live keeps its values, both moments and its step count bit for bit, as a
 tensor whose gradient is None is left by torch's AdamW. Live slots follow torch's AdamW, each with its own step
-count for the bias corrections. Everything runs on the parameters' device: no host sync, whatever the mask.
+count for the bias corrections. Everything runs on the parameters' device: no host sync, whatever the mask; and the
+state is made with the optimizer, so a compiled step traces one graph. A parameter without slots keeps torch's
+AdamW state (``step``, ``exp_avg``, ``exp_avg_sq``), so its state loads into either optimizer.
 """
 
 from __future__ import annotations
@@ -68,6 +70,25 @@ class SlotAdamW(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": 0.0})
         self.slots = dict(slots)
         self.coupled = coupled
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_state(p)
+        self.register_load_state_dict_post_hook(SlotAdamW._on_device)
+
+    def _init_state(self, p: Tensor) -> None:
+        slots = self.slots.get(p)
+        count = "step" if slots is None else "steps"
+        self.state[p][count] = torch.zeros(() if slots is None else slots.live.shape, device=p.device)
+        self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    @staticmethod
+    def _on_device(optimizer: torch.optim.Optimizer) -> None:
+        """After a load: step counts on their parameter's device (torch's AdamW keeps its own on the CPU)."""
+        for p, state in optimizer.state.items():
+            for key in ("step", "steps"):
+                if key in state:
+                    state[key] = state[key].to(p.device, torch.float32)
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
@@ -81,12 +102,7 @@ class SlotAdamW(torch.optim.Optimizer):
     def _update(self, p: Tensor, grad: Tensor, lr: float, beta1: float, beta2: float, eps: float, decay: float) -> None:
         slots = self.slots.get(p)
         state = self.state[p]
-        if not state:
-            count_shape = slots.live.shape if slots is not None else ()
-            state["steps"] = torch.zeros(count_shape, dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        steps, exp_avg, exp_avg_sq = state["steps"], state["exp_avg"], state["exp_avg_sq"]
+        steps, exp_avg, exp_avg_sq = state["step" if slots is None else "steps"], state["exp_avg"], state["exp_avg_sq"]
         if self.coupled:
             grad = grad.add(p, alpha=self.coupled)
         if slots is None:

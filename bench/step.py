@@ -1,8 +1,9 @@
 """The training step: what the loop, ``bench perf`` and the contract tests all run.
 
 :class:`Step` owns one optimizer step: the method's loss under autocast and its backward over the micro-batches,
-the adapter's hooks, gradient clipping, the optimizer and its schedule, and ``zero_grad``. The only host sync is one
-read of the losses per micro-batch, queued after its backward.
+the adapter's hooks, gradient clipping, the optimizer at the rate of its schedule, and clearing the gradients. The
+only host sync is one read of the losses per step, queued after the optimizer; ``train.compile: step`` captures the
+device part as one graph.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from bench.adapter import Adapter
 from bench.config import OptimConfig
@@ -22,6 +22,7 @@ from bench.slot_optim import SlotAdamW
 
 Batch = Mapping[str, Tensor]
 """A training batch: ``image``, ``label`` and ``method`` (the forgery method's index, -1 for reals)."""
+BATCH_KEYS = ("image", "label", "method")
 
 
 class TrainingError(RuntimeError):
@@ -57,22 +58,27 @@ def betas(optim: OptimConfig) -> tuple[float, float]:
     return first, second
 
 
-def build_optimizer(model: Adapter, optim: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: Adapter, optim: OptimConfig, device: torch.device, traceable: bool = False
+) -> torch.optim.Optimizer:
     """``optim.name`` over the method's parameters; fused on CUDA (one kernel per step for all parameters).
 
     AdamW decays the tensors of the method's :meth:`~bench.adapter.Adapter.param_groups`; Adam and SGD add coupled
     L2 to the gradient of every trainable tensor, as the papers that use them do. A method whose parameters hold
     slots (:meth:`~bench.adapter.Adapter.slots`) gets :class:`~bench.slot_optim.SlotAdamW`, which steps only the
-    live slots.
+    live slots; so does a ``traceable`` optimizer (torch's own break a compiled graph at their step), whatever the
+    method: without slots it is torch's AdamW or Adam, to float rounding.
     """
     slots = model.slots()
     fused = True if device.type == "cuda" else None
-    if slots and optim.name != "sgd":
+    if (slots or traceable) and optim.name != "sgd":
         coupled = optim.name == "adam"
         groups = model.param_groups(0.0 if coupled else optim.weight_decay)
         return SlotAdamW(groups, slots, optim.lr, betas(optim), optim.eps, optim.weight_decay if coupled else None)
     if slots:
         raise TrainingError("optim.name=sgd cannot step a method that masks slots of its parameters: use adamw or adam")
+    if traceable:
+        raise TrainingError("optim.name=sgd cannot run in a compiled step (train.compile=step): use adamw or adam")
     if optim.name == "adamw":
         groups = model.param_groups(optim.weight_decay)
         return torch.optim.AdamW(groups, lr=optim.lr, betas=betas(optim), eps=optim.eps, fused=fused)
@@ -82,56 +88,73 @@ def build_optimizer(model: Adapter, optim: OptimConfig, device: torch.device) ->
     return torch.optim.SGD(params, optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, fused=fused)
 
 
-def read_losses(loss: Tensor, parts: Mapping[str, Tensor]) -> dict[str, float]:
-    """The loss and its named parts as floats, read from the device in one transfer (one sync per batch)."""
-    values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in parts.values())])
-    return dict(zip(["loss", *parts], values.tolist(), strict=True))
+def read_losses(values: Mapping[str, Tensor]) -> dict[str, float]:
+    """Losses as floats, read from the device in one transfer (the step's one host sync)."""
+    numbers = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
+    return dict(zip(values, numbers, strict=True))
 
 
 LossFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Mapping[str, Tensor]]]
 
 
-def backward(
-    loss_fn: LossFn | nn.Module, batch: Batch, device: torch.device, amp: bool = True, parts: int = 1
-) -> dict[str, float]:
-    """Loss and backward of one micro-batch of ``parts`` (its gradient divided by that); its losses as floats.
+def backward(loss_fn: LossFn | nn.Module, batch: Batch, amp: bool = True, parts: int = 1) -> dict[str, Tensor]:
+    """Loss and backward of one micro-batch (on the model's device) of ``parts``, its gradient divided by that; the
+    loss and its named parts, detached, on the device.
 
     Args:
         loss_fn: ``(images, labels, methods) -> (loss, parts)``, e.g. an adapter's ``training_loss``.
     """
-    images = batch["image"].to(device, non_blocking=True)
-    labels, methods = batch["label"].to(device), batch["method"].to(device)
-    with autocast(device, amp):
-        loss, named = loss_fn(images, labels, methods)
-    (loss / parts).backward()  # queued before the read below waits for the device
-    return read_losses(loss, named)
+    images = batch["image"]
+    with autocast(images.device, amp):
+        loss, named = loss_fn(images, batch["label"], batch["method"])
+    (loss / parts).backward()
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in named.items()}}
+
+
+COMPILE_STEP = {"trace_autograd_ops": True}
+"""Dynamo settings of a compiled step: trace ``Tensor.backward()`` into the graph instead of refusing it."""
 
 
 @dataclass
 class Step:
     """One optimizer step of a method.
 
+    :meth:`update` is the part on the device: the micro-batches' losses and backward, the adapter's
+    ``before_optimizer_step``, clipping, the optimizer and clearing the gradients. ``compiled`` captures it whole,
+    as one ``torch.compile(fullgraph=True)`` graph (``reduce-overhead``, i.e. CUDA graphs, on CUDA); the rate is then
+    a device tensor that each step fills. Around it, on the host: the rate of the step, the adapter's
+    ``after_optimizer_step`` (which may branch on the step number) and the one read of the losses.
+
     Attributes:
         model: the adapter (its hooks run in the step).
         optimizer: over the adapter's parameters.
-        scheduler: stepped after the optimizer, or None (a constant rate).
+        rate: the learning rate of each optimizer step (0-based), or None for the optimizer's rate as built.
         device: where batches go.
         amp: bf16 autocast on CUDA.
         grad_clip: clip the global gradient norm to this (None: no clipping).
         loss: computes ``(loss, parts)`` from images, labels and methods; the adapter's ``training_loss`` when None
             (a distributed wrapper otherwise).
+        compiled: capture :meth:`update` as one graph.
     """
 
     model: Adapter
     optimizer: torch.optim.Optimizer
-    scheduler: LambdaLR | None
+    rate: Callable[[int], float] | None
     device: torch.device
     amp: bool = True
     grad_clip: float | None = 1.0
     loss: nn.Module | None = None
+    compiled: bool = False
 
     def __post_init__(self) -> None:
         self.trainable = [p for _, p in self.model.trainable_parameters()]
+        self.base_rate = float(self.optimizer.param_groups[0]["lr"])
+        self._update: Callable[[Sequence[Batch], int], dict[str, Tensor]] = self.update
+        if self.compiled:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._update = torch.compile(self.update, fullgraph=True, mode=mode)
+            for group in self.optimizer.param_groups:  # a float rate would be a constant of the graph
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
 
     @classmethod
     def build(
@@ -142,35 +165,53 @@ class Step:
         total: int,
         amp: bool = True,
         loss: nn.Module | None = None,
+        compiled: bool = False,
     ) -> Step:
         """The step of ``optim`` (optimizer, ``total`` steps of its schedule, clipping) for ``model``."""
-        optimizer = build_optimizer(model, optim, device)
-        scheduler = LambdaLR(optimizer, schedule(optim.schedule, optim.warmup_steps, total))
-        return cls(model, optimizer, scheduler, device, amp, optim.grad_clip, loss)
+        optimizer = build_optimizer(model, optim, device, traceable=compiled)
+        factor = schedule(optim.schedule, optim.warmup_steps, total)
+        return cls(model, optimizer, lambda step: optim.lr * factor(step), device, amp, optim.grad_clip, loss, compiled)
+
+    def update(self, batches: Sequence[Batch], step: int) -> dict[str, Tensor]:
+        """The step on the device, on the mean gradient of ``batches`` (on the device); the mean losses there."""
+        compute = self.loss if self.loss is not None else self.model.training_loss
+        means: dict[str, Tensor] = {}
+        for batch in batches:
+            for name, value in backward(compute, batch, self.amp, len(batches)).items():
+                share = value / len(batches)
+                means[name] = means[name] + share if name in means else share
+        self.model.before_optimizer_step(step)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.grad_clip)
+        self.optimizer.step()
+        for p in self.trainable:  # the optimizer's zero_grad is not traceable
+            p.grad = None
+        return means
 
     def __call__(self, batches: Sequence[Batch], step: int) -> dict[str, float]:
         """Optimizer step ``step`` (0-based) on the mean gradient of ``batches``; the mean losses and the rate used.
 
         Raises:
-            TrainingError: on a non-finite loss.
+            TrainingError: on a non-finite loss, or a ``compiled`` step that cannot be captured.
         """
-        compute = self.loss if self.loss is not None else self.model.training_loss
-        totals: dict[str, float] = {}
-        for batch in batches:
-            values = backward(compute, batch, self.device, self.amp, len(batches))
-            if not math.isfinite(values["loss"]):
-                raise TrainingError(
-                    f"non-finite loss ({values['loss']}) at step {step}: lower optim.lr or check the data"
-                )
-            for k, v in values.items():
-                totals[k] = totals.get(k, 0.0) + v / len(batches)
-        self.model.before_optimizer_step(step)
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.grad_clip)
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.base_rate if self.rate is None else self.rate(step)
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(lr)  # on the device, queued: no sync
+            else:
+                group["lr"] = lr
+        on_device = [{k: b[k].to(self.device, non_blocking=True) for k in BATCH_KEYS} for b in batches]
+        try:
+            with torch._dynamo.config.patch(COMPILE_STEP):
+                means = self._update(on_device, step)
+        except torch._dynamo.exc.TorchDynamoException as err:  # a graph break, a guard on data, a backend failure
+            reason = str(err).strip().splitlines()[0]
+            raise TrainingError(
+                f"train.compile=step: this method's step cannot be captured as one graph ({reason}); "
+                "use train.compile=blocks"
+            ) from err
         self.model.after_optimizer_step(step)
-        return {**totals, "lr": lr}
+        values = read_losses(means)
+        if not math.isfinite(values["loss"]):
+            raise TrainingError(f"non-finite loss ({values['loss']}) at step {step}: lower optim.lr or check the data")
+        return {**values, "lr": lr}

@@ -164,12 +164,11 @@ class Evaluator:
         return result, frames, scores
 
 
-def _save_state(path: Path, model: Adapter, optimizer, scheduler, step: int, best: dict, history: list) -> None:
+def _save_state(path: Path, model: Adapter, optimizer, step: int, best: dict, history: list) -> None:
     checkpoint.save_atomic(
         {
             "model": model.checkpoint_state(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "step": step,
@@ -182,10 +181,11 @@ def _save_state(path: Path, model: Adapter, optimizer, scheduler, step: int, bes
     )
 
 
-def _restore_state(state: dict, model: Adapter, optimizer, scheduler) -> tuple[int, dict, list]:
+def _restore_state(state: dict, model: Adapter, optimizer) -> tuple[int, dict, list]:
+    """The step, best validation and history of ``state``, its model and optimizer restored (the rate is a function
+    of the step: nothing to restore)."""
     model.load_checkpoint_state(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -247,13 +247,16 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     model.prepare(preparation, None if state is None else state["model"])
     model.to(device=device, memory_format=memory_format(model))  # type: ignore[call-overload]  # what prepare added
     compile_backbone(model.backbone, cfg.train.compile)
-    step_fn = Step.build(model, cfg.optim, device, total, cfg.train.amp, loss=distributed.loss_module(model, device))
-    optimizer, scheduler = step_fn.optimizer, step_fn.scheduler
+    if cfg.train.compile == "step" and world > 1:
+        raise TrainingError("train.compile=step captures one process's step: use train.compile=blocks with several")
+    loss = distributed.loss_module(model, device)
+    step_fn = Step.build(model, cfg.optim, device, total, cfg.train.amp, loss, compiled=cfg.train.compile == "step")
+    optimizer = step_fn.optimizer
     step = 0
     best: dict[str, Any] = {"value": -math.inf, "step": 0}  # "metrics" too, once a validation is the best
     history: list[dict[str, float]] = []
     if state is not None:
-        step, best, history = _restore_state(state, model, optimizer, scheduler)
+        step, best, history = _restore_state(state, model, optimizer)
         log({keys.RESUME_STEP: float(step)}, step)
 
     evaluator = Evaluator(model, cfg, data, device)
@@ -293,9 +296,9 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
                 if rank == 0:
                     checkpoint.save_atomic(model.checkpoint_state(), run_dir / BEST)
             if rank == 0:
-                _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
+                _save_state(run_dir / LAST, model, optimizer, step, best, history)
         elif step % cfg.train.checkpoint_every == 0 and rank == 0:
-            _save_state(run_dir / LAST, model, optimizer, scheduler, step, best, history)
+            _save_state(run_dir / LAST, model, optimizer, step, best, history)
     bar.close()
     if step > first:  # logged, not returned: the results of a resumed run equal those of one that was not
         log({keys.STEP_TIME: (time.perf_counter() - began - evaluator.seconds) / (step - first)}, step)

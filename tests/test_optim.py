@@ -17,13 +17,15 @@ from tests.conftest import tiny_config
 LR, DECAY, GRAD, START, EPS = 0.1, 0.5, -1e-3, 10.0, 1e-8
 
 
-def _step(name: str) -> tuple[float, float]:
-    """Weight and bias of a 1x1 linear layer (both 10, gradient -0.001) after one step of ``name``."""
+def _step(name: str, traceable: bool = False) -> tuple[float, float]:
+    """Weight and bias of a 1x1 linear layer (both 10, gradient -0.001) after one step of ``name`` (the compiled
+    step's optimizer where ``traceable``)."""
     model = Adapter(nn.Linear(1, 1))
     for p in model.parameters():
         p.data.fill_(START)
         p.grad = torch.full_like(p, GRAD)
-    optimizer = build_optimizer(model, OptimConfig(name=name, lr=LR, weight_decay=DECAY), torch.device("cpu"))
+    optim = OptimConfig(name=name, lr=LR, weight_decay=DECAY)
+    optimizer = build_optimizer(model, optim, torch.device("cpu"), traceable=traceable)
     optimizer.step()
     return model.backbone.weight.item(), model.backbone.bias.item()
 
@@ -41,6 +43,11 @@ def test_adam_and_sgd_add_the_decay_to_the_gradient_of_every_trainable_tensor() 
     assert _step("adam") == pytest.approx((adam, adam), rel=1e-6)
     sgd = START - LR * coupled  # momentum's buffer starts at the first gradient
     assert _step("sgd") == pytest.approx((sgd, sgd), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_the_compiled_steps_optimizer_makes_the_same_update(name: str) -> None:
+    assert _step(name, traceable=True) == pytest.approx(_step(name), rel=1e-6)
 
 
 def test_schedule_none_is_one_rate_from_the_first_step_and_refuses_a_warm_up() -> None:

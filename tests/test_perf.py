@@ -14,7 +14,7 @@ import torch
 
 from bench import perf
 from bench.config import ConfigError
-from bench.step import backward
+from bench.step import backward, read_losses
 
 
 def _run(argv: list[str]) -> int:
@@ -199,7 +199,7 @@ def test_dense_and_low_rank_rows_give_the_same_loss_and_factor_gradients() -> No
     for spec in ("masm:routing=none", "masm:routing=none:dense=true"):
         method, options = perf._resolve(spec, 1)
         model = method.build(create_backbone(cfg, seed=0).double(), options).double().train()
-        parts = backward(model.training_loss, {**batch, "image": batch["image"].double()}, torch.device("cpu"))
+        parts = read_losses(backward(model.training_loss, {**batch, "image": batch["image"].double()}))
         results.append((parts, {n: p.grad for n, p in model.trainable_parameters()}))
     (low_parts, low_grads), (dense_parts, dense_grads) = results
     assert dense_parts == pytest.approx(low_parts, rel=1e-10)

@@ -97,7 +97,7 @@ def test_a_corrupt_test_frame_is_skipped_and_counted(tiny_cards: tuple[str, str]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["blocks", "model"])
+@pytest.mark.parametrize("mode", ["blocks", "model", "step"])
 def test_compiled_backbone_trains_as_eager(tiny_cards: tuple[str, str], tmp_path: Path, mode: str) -> None:
     runs = {}
     for compile in ("off", mode):

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from methods.subspaces.layer import SubspaceLayer
 from methods.subspaces.low_rank import ComputeCopies, LayerStep, compute_copies
+
+T = TypeVar("T")
+
+
+def _memo(build: Callable[[FactorStack], T]) -> property:
+    """A property built on first use and kept on the stack (functools' ``cached_property`` takes a lock, which
+    ``torch.compile`` cannot trace)."""
+
+    def get(stack: FactorStack) -> T:
+        if build.__name__ not in stack.memo:
+            stack.memo[build.__name__] = build(stack)
+        return cast(T, stack.memo[build.__name__])
+
+    return property(get, doc=build.__doc__)
 
 
 @dataclass
@@ -29,16 +43,17 @@ class FactorStack:
     u: Tensor
     s: Tensor
     v: Tensor
+    memo: dict[str, object] = field(default_factory=dict, repr=False)
 
-    @cached_property
+    @_memo
     def u_tail0(self) -> Tensor:
         return torch.stack([m.u_tail0 for m in self.layers])
 
-    @cached_property
+    @_memo
     def sigma_tail(self) -> Tensor:
         return torch.stack([m.sigma_tail for m in self.layers])
 
-    @cached_property
+    @_memo
     def v_tail0(self) -> Tensor:
         return torch.stack([m.v_tail0 for m in self.layers])
 
@@ -50,12 +65,12 @@ class FactorStack:
     def v_sem(self) -> list[Tensor] | None:
         return [m.v_sem for m in self.layers if m.v_sem is not None] or None
 
-    @cached_property
+    @_memo
     def copies(self) -> ComputeCopies:
         """The stack's :func:`compute_copies` (in the autocast dtype active at first use)."""
         return compute_copies(self.u, self.s, self.v)
 
-    @cached_property
+    @_memo
     def grams(self) -> tuple[Tensor, Tensor]:
         """``U_A^T U_A`` and ``V_A^T V_A`` per (layer, block), shared by the losses of the step."""
         return self.u.mT @ self.u, self.v.mT @ self.v
@@ -73,8 +88,8 @@ def stack_factors(layers: Sequence[SubspaceLayer]) -> list[FactorStack]:
             stacks.append(FactorStack(group.layers, group.u, group.s, group.v))
         else:
             index = torch.tensor(rows, device=group.u.device)
-            picked = (p.index_select(0, index) for p in (group.u, group.s, group.v))
-            stacks.append(FactorStack([group.layers[i] for i in rows], *picked))
+            u, s, v = (p.index_select(0, index) for p in (group.u, group.s, group.v))
+            stacks.append(FactorStack([group.layers[i] for i in rows], u, s, v))
     return stacks
 
 

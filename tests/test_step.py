@@ -1,0 +1,99 @@
+"""The training step compiled whole (``train.compile: step``): one graph, the eager step's numbers, clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch._dynamo.utils import counters
+
+from bench.adapter import Adapter
+from bench.backbone import create_backbone
+from bench.config import ModelConfig, OptimConfig
+from bench.registry import get_method
+from bench.slot_optim import SlotAdamW
+from bench.step import Step, TrainingError
+
+CPU = torch.device("cpu")
+OPTIM = OptimConfig(lr=1e-3, weight_decay=0.05, schedule="cosine", warmup_steps=2)
+STEPS = 4
+
+
+def _batches(steps: int) -> list[dict[str, Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    labels, methods = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1])
+    return [{"image": torch.randn(8, 3, 32, 32, generator=g), "label": labels, "method": methods} for _ in range(steps)]
+
+
+def _train(name: str, compiled: bool) -> tuple[list[dict[str, float]], dict[str, Tensor]]:
+    """``STEPS`` steps of ``name`` on a tiny ViT: the step's values and the parameters after them."""
+    model = get_method(name).apply(create_backbone(ModelConfig(name="test_vit", pretrained=False, img_size=32), 0))
+    step = Step.build(model.train(), OPTIM, CPU, STEPS, compiled=compiled)
+    values = [step([batch], i) for i, batch in enumerate(_batches(STEPS))]
+    return values, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["full-ft", "effort", "masm"])
+def test_the_whole_step_compiles_to_one_graph_and_matches_the_eager_step(name: str) -> None:
+    eager_values, eager_params = _train(name, compiled=False)
+    torch._dynamo.reset()
+    counters.clear()
+    values, params = _train(name, compiled=True)  # fullgraph=True: a graph break would raise
+    assert counters["stats"]["unique_graphs"] == 1, "the step was traced more than once"
+    assert [v["lr"] for v in values] == [v["lr"] for v in eager_values]
+    for ours, eager in zip(values, eager_values, strict=True):
+        assert ours == pytest.approx(eager, rel=1e-4, abs=1e-6)
+    for key, value in eager_params.items():
+        torch.testing.assert_close(params[key], value, rtol=1e-3, atol=1e-4, msg=key)
+
+
+class _ReadsTheHost(Adapter):
+    """A method whose loss reads a number to the host, which no graph can hold."""
+
+    def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss = self(images).logsumexp(-1).mean()
+        return loss * (1.0 if loss.item() > 0 else 2.0), {}
+
+
+@pytest.mark.slow
+def test_a_step_that_cannot_be_captured_is_refused_in_one_line() -> None:
+    torch._dynamo.reset()
+    model = _ReadsTheHost(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2)))
+    step = Step.build(model, OPTIM, CPU, STEPS, compiled=True)
+    with pytest.raises(TrainingError, match=r"^train\.compile=step: .*cannot be captured as one graph .*blocks$"):
+        step(_batches(1), 0)
+
+
+def test_a_compiled_step_refuses_sgd() -> None:
+    model = Adapter(nn.Linear(2, 2))
+    with pytest.raises(TrainingError, match=r"optim\.name=sgd cannot run in a compiled step"):
+        Step.build(model, OptimConfig(name="sgd"), CPU, 1, compiled=True)
+
+
+def test_torch_adamw_state_resumes_in_the_compiled_steps_optimizer_and_back() -> None:
+    """A run resumed with another ``train.compile`` continues as if it had not changed optimizer."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 4, generator=g) for _ in range(6)]
+    start = torch.randn(3, 4, generator=g)
+    torch_p, ours_p = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    reference = torch.optim.AdamW([torch_p], lr=0.1, weight_decay=0.05)
+    first = torch.optim.AdamW([ours_p], lr=0.1, weight_decay=0.05)
+    for grad in grads[:3]:
+        torch_p.grad, ours_p.grad = grad.clone(), grad.clone()
+        reference.step()
+        first.step()
+    resumed = SlotAdamW([{"params": [ours_p], "weight_decay": 0.05}], {}, lr=0.1)
+    resumed.load_state_dict(first.state_dict())
+    for grad in grads[3:5]:
+        torch_p.grad, ours_p.grad = grad.clone(), grad.clone()
+        reference.step()
+        resumed.step()
+    torch.testing.assert_close(ours_p.detach(), torch_p.detach())
+    back = torch.optim.AdamW([ours_p], lr=0.1, weight_decay=0.05)
+    back.load_state_dict(resumed.state_dict())
+    torch_p.grad, ours_p.grad = grads[5].clone(), grads[5].clone()
+    reference.step()
+    back.step()
+    torch.testing.assert_close(ours_p.detach(), torch_p.detach())
+    assert float(back.state[ours_p]["step"]) == float(reference.state[torch_p]["step"]) == 6
