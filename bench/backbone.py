@@ -16,7 +16,8 @@ import timm
 import torch
 from torch import nn
 
-from bench.config import COMPILE_MODES, ModelConfig, check_choice
+from bench.config import COMPILE_MODES, ModelConfig
+from bench.schema import check_choice
 
 LITE0 = "lite0"
 LITE0_ARCH = "tf_efficientnet_lite0"

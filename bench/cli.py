@@ -10,8 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.config import ConfigError, build_config
+from bench.config import build_config
 from bench.data.commands import add_checkout_option, add_data_commands
+from bench.errors import ConfigError
 from bench.perf import add_perf_command
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1

@@ -15,7 +15,8 @@ from typing import Any
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.config import ConfigError, build_dataclass
+from bench.errors import ConfigError
+from bench.schema import build_dataclass
 
 Builder = Callable[[nn.Module, Any], Adapter]
 

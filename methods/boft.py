@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.registry import register_method
 from bench.targets import resolve_targets
 from methods.peft_tuning import PeftAdapter

@@ -29,8 +29,8 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from bench.adapter import Adapter
-from bench.config import check_choice
 from bench.registry import register_method, register_variant
+from bench.schema import check_choice
 from bench.slot_optim import Slots
 from bench.targets import resolve_targets
 from methods import masks

@@ -9,8 +9,8 @@ from typing import Any
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.config import check_choice
 from bench.registry import register_method, register_variant
+from bench.schema import check_choice
 from bench.targets import resolve_targets
 from methods.masm import DEFAULT_K
 from methods.peft_tuning import PeftAdapter, linear_only

@@ -24,9 +24,10 @@ from torch import Tensor, nn
 from bench import distributed
 from bench.adapter import Adapter
 from bench.backbone import classifier
-from bench.config import ConfigError, check_choice
 from bench.diagnostics import pairwise_angles, weight_report
+from bench.errors import ConfigError
 from bench.registry import register_method, register_variant
+from bench.schema import check_choice
 from bench.slot_optim import Slots
 from bench.targets import resolve_targets
 from methods import masks

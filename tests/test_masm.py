@@ -135,7 +135,7 @@ def test_masm_resumes_exactly_with_its_mask_state(tiny_cards: tuple[str, str], t
 
 
 def test_routing_needs_one_subspace_per_method(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
-    from bench.config import ConfigError
+    from bench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="one subspace per training forgery method"):
         resolve_config(tiny_config(tiny_cards, tmp_path, method={"name": "masm", "options": {"K": 3}}))

@@ -4,7 +4,8 @@ from dataclasses import dataclass
 import pytest
 
 from bench import registry
-from bench.config import ConfigError, build_config
+from bench.config import build_config
+from bench.errors import ConfigError
 from bench.grid import resolve_config
 from bench.registry import get_method, list_methods, register_method
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.config import ConfigError
 from bench.data.cards import Card
 from bench.data.deepfakebench import index_videos, read_index, read_json, suspicious_prefixes
 from bench.data.frames import REAL, Frame, sample_evenly
+from bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DEFAULT_HINT = "check data.root, data.deepfakebench and the card's prefix_map"

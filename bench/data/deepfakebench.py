@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError
 from bench.data.frames import REAL, Frame, sample_evenly
+from bench.errors import ConfigError
 
 COMPRESSIONS = ("c23", "c40", "raw")
 
