@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from bench.adapter import Adapter
+from bench.errors import ConfigError
 from bench.registry import register_method, register_variant
 from bench.schema import check_choice
 from bench.slot_optim import Slots
@@ -95,7 +96,7 @@ class FMSD(MASM):
         targets = resolve_targets(backbone, options.targets)
         self.candidates = [n for n, _ in backbone.named_modules() if n and re.fullmatch(targets, n)]
         if not self.candidates:
-            raise ValueError(f"no module name matches the targets {targets!r}")
+            raise ConfigError(f"no module name matches the targets {targets!r}")
         self.selected: list[str] = []
         self.scores = torch.zeros(len(self.candidates), dtype=torch.float64, device="cpu")
 
