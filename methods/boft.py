@@ -19,13 +19,14 @@ from torch import nn
 
 from bench.adapter import Adapter
 from bench.errors import ConfigError
+from bench.options import MethodOptions
 from bench.registry import register_method
 from bench.targets import resolve_targets
 from methods.peft_tuning import PeftAdapter
 
 
 @dataclass
-class BOFTOptions:
+class BOFTOptions(MethodOptions):
     """PEFT ``BOFTConfig`` settings.
 
     Attributes:
