@@ -1,5 +1,5 @@
 """FMSD: our reading of the MASM paper's third version (arXiv 2601.01041v3, "Generalizable Deepfake Detection Based
-on Forgery-aware Layer Masking and Multi-artifact Subspace Decomposition").
+on Forgery-aware Layer Masking and Multi-artifact Subspace Decomposition"); docs/masm.md, section 3.
 
 Forgery-aware layer masking comes first. Before training, ``select_batches`` training batches pass through the plain,
 frozen backbone and its seeded, untrained head (as every method starts), and the gradient of each target layer's

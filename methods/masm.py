@@ -1,4 +1,4 @@
-"""MASM: multi-artifact subspaces with selective layer masks (masm.md section 2), and its named ablations.
+"""MASM: multi-artifact subspaces with selective layer masks, and its named ablations (docs/masm.md, section 2).
 
 Every target weight is split by SVD into a frozen semantic principal subspace and K learnable rank-r artifact
 subspaces (:class:`methods.subspaces.layer.SubspaceLayer`). Routing binds subspace k to training forgery method k; a
@@ -63,7 +63,7 @@ class MASMOptions(MethodOptions):
         tau: relative loss gap at which a subspace reaches ``rho_max``.
         keep: fraction of layers kept per subspace (``gradsnr``).
         ema: decay of the loss and gradient EMAs.
-        orth: ``masm`` (masm.md 2.3), ``effort`` (Effort paper's loss) or ``none``.
+        orth: ``masm`` (docs/masm.md, section 2.3), ``effort`` (Effort paper's loss) or ``none``.
         lambda_orth: weight of the orthogonality loss (averaged over layers).
         spectral: ``tail`` (svdvals of the artifact part vs the initial tail), ``energy`` (Effort's
             keep-singular-value loss) or ``none``.
