@@ -16,15 +16,18 @@ import timm
 import torch
 from torch import nn
 
-from bench.config import COMPILE_MODES, ModelConfig, check_choice
+from bench.config import COMPILE_MODES, ModelConfig
+from bench.errors import InputError
+from bench.schema import check_choice
 
 LITE0 = "lite0"
 LITE0_ARCH = "tf_efficientnet_lite0"
 NUM_CLASSES = 2
 
 
-class BackboneError(RuntimeError):
-    """The backbone or its weights could not be loaded; the message says how to fix it."""
+class BackboneError(InputError):
+    """The backbone or its weights cannot serve (no such model or file, no network, no trunk to compile); the
+    message says how to fix it."""
 
 
 def lite0_weights_file() -> Path:
@@ -178,7 +181,7 @@ def compile_backbone(model: nn.Module, mode: str) -> None:
     elif mode == "blocks":
         trunk = getattr(model, "blocks", None) or getattr(model, "stages", None)
         if not isinstance(trunk, nn.Sequential | nn.ModuleList):
-            raise ValueError(
+            raise BackboneError(
                 f"compile: blocks needs a backbone with `blocks` or `stages` ({type(model).__name__}); "
                 "use compile: model"
             )

@@ -7,14 +7,17 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.config import ConfigError, build_config
+from bench.config import build_config
 from bench.data.commands import add_checkout_option, add_data_commands
+from bench.errors import ConfigError, InputError
 from bench.perf import add_perf_command
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
+DEBUG_ENV = "BENCH_DEBUG"
 
 
 def _add_sets(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,9 @@ def _add_sets(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help=f"bad input also prints its traceback (or set {DEBUG_ENV}=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     grid = sub.add_parser("grid", help="run a grid's cells (skipping finished ones), print its table and leaderboard")
@@ -38,41 +44,49 @@ def _parser() -> argparse.ArgumentParser:
         "--rerun-stale", action="store_true", help="train again the finished cells that another commit made"
     )
     _add_sets(grid)
+    grid.set_defaults(handler=cmd_grid)
 
     status = sub.add_parser(
         "status", help="each cell's state: finished (or stale), failed, running, pending, interrupted, not started"
     )
     status.add_argument("grid", metavar="GRID")
     _add_sets(status)
+    status.set_defaults(handler=cmd_status)
 
     run = sub.add_parser("run", help="run one configuration")
     run.add_argument("config", nargs="?", help="experiment YAML (sections of the run config)")
     run.add_argument("--experiment", default="default", help="MLflow experiment")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder with its own config.yaml")
     _add_sets(run)
+    run.set_defaults(handler=cmd_run)
 
     sync = sub.add_parser("sync", help="send to MLflow what runs recorded while their tracking store was away")
     sync.add_argument("--runs-dir", default="runs", help="the folder of run folders (tracking.runs_dir)")
+    sync.set_defaults(handler=cmd_sync)
 
     recipe = sub.add_parser("recipe", help="a paper's recipe beside a config or a grid, every difference marked")
     recipe.add_argument("name", metavar="NAME", help="a recipe in grids/recipes/")
     recipe.add_argument("--grid", help="compare each row of this grid (default: the recipe over the defaults)")
     _add_sets(recipe)
+    recipe.set_defaults(handler=cmd_recipe)
 
     report = sub.add_parser("report", help="write the cross-dataset tables of an experiment")
     report.add_argument("--experiment", required=True)
     report.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the sqlite store")
     report.add_argument("--out", default=None, help="folder (default results/<experiment>)")
+    report.set_defaults(handler=cmd_report)
 
     params = sub.add_parser("params", help="trainable and total parameter counts per method (no weights needed)")
     params.add_argument("--backbone", default="lite0", help="timm model name (or lite0)")
     params.add_argument("--method", action="append", default=[], help="method (repeatable; default: all)")
     params.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
+    params.set_defaults(handler=cmd_params)
 
     add_perf_command(sub)
 
     methods = sub.add_parser("methods", help="list registered methods")
     methods.add_argument("pattern", nargs="?", default="*")
+    methods.set_defaults(handler=cmd_methods)
 
     data = sub.add_parser("data", help="data set tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -87,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("--synthesis", choices=("none", "sbi"), default="none", help="show fakes made from reals")
     add_checkout_option(preview)
+    preview.set_defaults(handler=cmd_preview)
     return parser
 
 
@@ -333,9 +348,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data(args: argparse.Namespace) -> int:
-    if getattr(args, "data_handler", None):
-        return args.data_handler(args)
+def cmd_preview(args: argparse.Namespace) -> int:
     from bench.data.augment import Augment, AugmentError
     from bench.data.cards import open_card
     from bench.data.catalog import split_frames
@@ -360,38 +373,26 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
-    "grid": cmd_grid,
-    "status": cmd_status,
-    "run": cmd_run,
-    "sync": cmd_sync,
-    "recipe": cmd_recipe,
-    "report": cmd_report,
-    "methods": cmd_methods,
-    "params": cmd_params,
-    "data": cmd_data,
-}
-
-
 class Stopped(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped the command; its argument is the signal's name."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input gives one ``error:`` line and exit code 2, failed runs exit code 1."""
+    """Entry point; bad input (an :class:`~bench.errors.InputError`) gives one ``error:`` line and exit code 2, after
+    its traceback with ``--debug`` or ``BENCH_DEBUG=1``; failed runs exit code 1; any other exception is raised."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # each retry of a tracking call
-    from bench.backbone import BackboneError
 
     def stop(signum: int, frame: object) -> None:
         raise Stopped(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        return handler(args)
-    except (ConfigError, BackboneError, ValueError, FileNotFoundError) as err:
+        return args.handler(args)
+    except InputError as err:
+        if args.debug or os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:

@@ -11,18 +11,14 @@ import hashlib
 import json
 import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line that names the file, the key and the fix."""
-
+from bench.errors import ConfigError
+from bench.schema import build_dataclass, check_choice, check_name, read_yaml
 
 RUN_ID = "run_id"
 """Field metadata key: ``False`` marks a field that changes how a run goes (speed, logging, where things are), not
@@ -123,16 +119,13 @@ class DataConfig:
         return self.workers if self.workers is not None else available_cpus(16)
 
     def __post_init__(self) -> None:
-        from bench.data.augment import PRESETS, Augment, AugmentError
+        from bench.data.augment import PRESETS, Augment
         from bench.data.synthesis import SYNTHESES
 
         check_choice("data.synthesis", self.synthesis, SYNTHESES)
 
         if not isinstance(self.augment, str) or self.augment not in PRESETS:  # presets are known to build
-            try:
-                Augment(self.augment)
-            except AugmentError as err:
-                raise ConfigError(str(err)) from None
+            Augment(self.augment)  # an AugmentError (a ConfigError) names the entry
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
         _positive("data.frames_per_video", self.frames_per_video)
@@ -359,12 +352,6 @@ def available_cpus(at_most: int) -> int:
     return max(1, min(cpus, at_most))
 
 
-def check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
-    """Raise a one-line ConfigError naming ``key`` unless ``value`` is one of ``valid``."""
-    if value not in valid:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
-
-
 def _positive(key: str, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{key} must be a positive number, got {value}")
@@ -373,77 +360,6 @@ def _positive(key: str, value: float) -> None:
 def _at_least(key: str, value: float, low: float) -> None:
     if not (math.isfinite(value) and value >= low):
         raise ConfigError(f"{key} must be a number >= {low}, got {value}")
-
-
-def check_name(key: str, value: str) -> None:
-    """Names become folder and file names: refuse empty ones, path separators and ``..``."""
-    if not value or "/" in value or "\\" in value or ".." in value or value != value.strip():
-        raise ConfigError(f"{key} {value!r} is not a name: use letters, digits, '-', '_' and '.', without '/' or '..'")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def check_value(tp: Any, value: Any, key: str, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints are accepted where floats are expected)."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return check_value(arg, value, key, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: '{key}' expects {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str | int | float) and not isinstance(value, bool) and item is str:
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: '{key}' expects a list, got {value!r}")
-        return [check_value(item, v, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' expects a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-        except ValueError:
-            pass
-    if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: '{key}' expects true or false, got {value!r}")
-    if tp in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{where}: '{key}' expects {tp.__name__}, got {value!r}")
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: '{key}' expects {tp.__name__}, got {value!r}")
-    return value
-
-
-def build_dataclass(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
-    """Instantiate the dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: '{prefix}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key '{prefix}.{key}'; valid keys: {', '.join(names)}")
-        kwargs[key] = check_value(hints[key], value, f"{prefix}.{key}", where)
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -478,25 +394,6 @@ def nested(keys: list[str], value: Any) -> dict[str, Any]:
     for key in reversed(keys[:-1]):
         out = {key: out}
     return out
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one-line errors for a missing file, bad syntax or a non-mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
 
 
 def build_config(data: dict[str, Any], where: str = "config") -> RunConfig:

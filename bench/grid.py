@@ -30,22 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import (
-    ConfigError,
-    MethodConfig,
-    RunConfig,
-    build_config,
-    build_dataclass,
-    check_name,
-    merge,
-    nested,
-    parse_set,
-    read_yaml,
-)
+from bench.config import MethodConfig, RunConfig, build_config, merge, nested, parse_set
 from bench.data.cards import load_card
 from bench.data.synthesis import training_methods
+from bench.errors import ConfigError
 from bench.recipes import load_recipe
 from bench.registry import BASELINE, get_method
+from bench.schema import build_dataclass, check_name, read_yaml
 
 GRIDS_DIR = Path(__file__).resolve().parents[1] / "grids"
 

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.config import COMPILE_MODES, ConfigError
+from bench.config import COMPILE_MODES
+from bench.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

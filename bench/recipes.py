@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, RunConfig, build_config, check_name, merge, nested, read_yaml
+from bench.config import RunConfig, build_config, merge, nested
+from bench.errors import ConfigError
+from bench.schema import check_name, read_yaml
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "grids" / "recipes"
 

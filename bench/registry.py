@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from bench.adapter import Adapter, Artifact
-from bench.config import ConfigError, build_dataclass
+from bench.errors import ConfigError
+from bench.options import MethodOptions
+from bench.schema import build_dataclass
 
-Builder = Callable[[nn.Module, Any], Adapter]
+Opts = TypeVar("Opts", bound=MethodOptions)
+Builder = Callable[[nn.Module, Opts], Adapter]
 BASELINE = "full-ft"
 """The method others are measured against where one is needed: ``bench perf``'s ratios, a grid's default method."""
 
@@ -28,7 +31,7 @@ class UnsupportedBackbone(ConfigError):
 
 
 @dataclass(frozen=True)
-class Method:
+class Method(Generic[Opts]):
     """A registered strategy: a builder, its options dataclass, preset overrides (for named ablations) and, for a
     method that cannot adapt every backbone, what it cannot (its builder then raises :class:`UnsupportedBackbone`).
 
@@ -39,8 +42,8 @@ class Method:
 
     name: str
     summary: str
-    options: type
-    build: Builder
+    options: type[Opts]
+    build: Builder[Opts]
     preset: dict[str, Any] = field(default_factory=dict)
     limits: str = ""
     parent: str = ""
@@ -55,25 +58,23 @@ class Method:
     def resolve(
         self,
         overrides: dict[str, Any] | None = None,
-        forgery_methods: list[str] | None = None,
+        forgery_methods: Sequence[str] | None = None,
         total_steps: int | None = None,
-    ) -> Any:
-        """The options dataclass with the preset, then ``overrides``, applied and checked.
+    ) -> Opts:
+        """The options dataclass with the preset, then ``overrides``, applied, checked and bound.
 
         A run gives ``forgery_methods`` and, where its config fixes it, its number of optimizer steps. Options that
-        depend on the training data (an options class with ``bind(forgery_methods)``, e.g. MASM's number of
-        subspaces) are completed from the first, options that depend on the run's length (``bind_steps(total_steps)``,
-        e.g. AdaLoRA's rank schedule) from the second, ``None`` when the config leaves it to the data. Outside a run
-        (no ``forgery_methods``), nothing is bound.
+        depend on the training data (:meth:`~bench.options.MethodOptions.bind`, e.g. MASM's number of subspaces) are
+        completed from the first, defaults standing in outside a run (no ``forgery_methods``); options that depend on
+        the run's length (:meth:`~bench.options.MethodOptions.bind_steps`, e.g. AdaLoRA's rank schedule) from the
+        second in a run only, ``None`` when the config leaves it to the data.
         """
         values = {**self.preset, **(overrides or {})}
         try:
-            options = build_dataclass(self.options, values, "method.options", "config")
-            bind, bind_steps = getattr(options, "bind", None), getattr(options, "bind_steps", None)
-            if bind is not None and forgery_methods is not None:
-                bind(forgery_methods)
-            if bind_steps is not None and forgery_methods is not None:
-                bind_steps(total_steps)
+            options: Opts = build_dataclass(self.options, values, "method.options", "config")
+            options.bind(forgery_methods)
+            if forgery_methods is not None:
+                options.bind_steps(total_steps)
         except ConfigError as err:
             raise ConfigError(f"{err} (method '{self.name}')") from None
         return options
@@ -83,25 +84,26 @@ class Method:
         return self.build(backbone, self.resolve(overrides))
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: dict[str, Method[Any]] = {}
 
 
 def register_method(
     name: str,
-    options: type,
+    options: type[Opts],
     summary: str,
     limits: str = "",
     artifacts: tuple[Artifact, ...] = (),
     perf_rows: tuple[str, ...] | None = None,
     **preset: Any,
-) -> Callable[[Builder], Builder]:
-    """Decorator registering ``build(backbone, options) -> Adapter`` under ``name``; duplicates are an error.
+) -> Callable[[Builder[Opts]], Builder[Opts]]:
+    """Decorator registering ``build(backbone, options) -> Adapter`` under ``name``, ``options`` (a dataclass
+    subclassing :class:`~bench.options.MethodOptions`) being the type ``build`` takes; duplicates are an error.
 
     ``artifacts``: its adapter's (:attr:`Adapter.artifacts`); ``perf_rows``: ``bench perf``'s default rows of it
     (``(name,)`` unless given).
     """
 
-    def decorator(build: Builder) -> Builder:
+    def decorator(build: Builder[Opts]) -> Builder[Opts]:
         rows = (name,) if perf_rows is None else perf_rows
         add_method(Method(name, summary, options, build, dict(preset), limits, artifacts=artifacts, perf_rows=rows))
         return build
@@ -130,11 +132,11 @@ def register_variant(
     add_method(Method(name, summary, parent.options, parent.build, preset, limits, base, parent.artifacts, rows))
 
 
-def add_method(method: Method) -> None:
+def add_method(method: Method[Any]) -> None:
     if method.name in _METHODS:
         raise ValueError(f"method '{method.name}' is already registered")
-    if not dataclasses.is_dataclass(method.options):
-        raise TypeError(f"method '{method.name}': options must be a dataclass, got {method.options!r}")
+    if not (dataclasses.is_dataclass(method.options) and issubclass(method.options, MethodOptions)):
+        raise TypeError(f"method '{method.name}': options must be a MethodOptions dataclass, got {method.options!r}")
     method.resolve()  # the preset itself must be valid
     _METHODS[method.name] = method
 
@@ -143,7 +145,7 @@ def _load_builtin() -> None:
     import methods  # noqa: F401  (registers the built-in strategies)
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str) -> Method[MethodOptions]:
     """The method registered as ``name``; unknown names are an error listing the known ones."""
     _load_builtin()
     if name not in _METHODS:

@@ -27,6 +27,7 @@ from scipy.stats import t as student_t
 
 from bench import figures, registry
 from bench.adapter import Artifact
+from bench.errors import InputError
 from bench.metric_keys import DIAG, LAST, SELECTED, TRAIN, VAL, ResultKey, RobustKey, grouped
 from bench.metrics import bootstrap_aucs, delong_difference, delong_p, stratified_draws
 
@@ -103,7 +104,7 @@ def _finished(runs: pd.DataFrame) -> pd.DataFrame:
         runs = runs.sort_values("start_time", ascending=False, kind="stable")
     missing = [c for c in RUN_COLUMNS if c not in runs]
     if missing and not runs.empty:
-        raise ValueError(f"runs lack the column(s) {missing}: is this an experiment written by the harness?")
+        raise InputError(f"runs lack the column(s) {missing}: is this an experiment written by the harness?")
     if runs.empty:
         return runs
     if TUNE not in runs:
@@ -122,7 +123,7 @@ def choose_tuned(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         seeds per value tried): empty unless some label tried more than one value.
 
     Raises:
-        ValueError: a value to choose among has no validation AUC.
+        InputError: a value to choose among has no validation AUC.
     """
     runs = _finished(runs)
     none = pd.DataFrame(columns=TUNING_COLUMNS)
@@ -137,7 +138,7 @@ def choose_tuned(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     unscored = table[table["mean"].isna()]
     if not unscored.empty:
         row = unscored.iloc[0]
-        raise ValueError(f"runs of {row['label']} [{row['tune']}] have no {VALIDATION}: no tune value can be chosen")
+        raise InputError(f"runs of {row['label']} [{row['tune']}] have no {VALIDATION}: no tune value can be chosen")
     table["kept"] = table.index.isin(table.groupby(["label", "train_set"])["mean"].idxmax())
     chosen = table.loc[table["kept"], ["label", "train_set", "tune"]].set_axis([*keys, TUNE], axis=1)
     return runs.merge(chosen, on=[*keys, TUNE]), table.astype({"n": int})
@@ -177,7 +178,7 @@ def per_seed_table(long: pd.DataFrame, metric: str = "auc", checkpoint: str = SE
         raise ValueError(f"no '{metric}' values for the '{checkpoint}' checkpoint in the runs")
     train_sets = sorted(rows["train_set"].unique())
     if len(train_sets) > 1:
-        raise ValueError(f"runs trained on different sets {train_sets}: make one table per training set")
+        raise InputError(f"runs trained on different sets {train_sets}: make one table per training set")
     per_seed = rows.pivot(index=["label", "seed"], columns="test_set", values="value")
     cross = sorted(set(per_seed.columns) - set(train_sets))
     per_seed["avg"] = per_seed[cross].mean(axis=1, skipna=False)
@@ -932,7 +933,7 @@ def _search_runs(experiment: str, tracking_uri: str) -> pd.DataFrame:
     import mlflow
 
     if mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment) is None:
-        raise ValueError(f"no MLflow experiment named '{experiment}' at {tracking_uri}")
+        raise InputError(f"no MLflow experiment named '{experiment}' at {tracking_uri}")
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -1076,14 +1077,14 @@ def write_report(
         The text to print: the tables of the validation-selected checkpoint, and the tune values kept.
 
     Raises:
-        ValueError: the experiment does not exist or has no finished runs, or a tune value has no validation AUC.
+        InputError: the experiment does not exist or has no finished runs, or a tune value has no validation AUC.
     """
     with tempfile.TemporaryDirectory(prefix="bench-report-") as scratch:
         runs = with_results(_search_runs(experiment, tracking_uri), Artifacts(tracking_uri, Path(scratch)))
     runs, tuning = choose_tuned(runs)
     long = collect(runs)
     if long.empty:
-        raise ValueError(f"MLflow experiment '{experiment}' at {tracking_uri} has no finished runs with test metrics")
+        raise InputError(f"MLflow experiment '{experiment}' at {tracking_uri} has no finished runs with test metrics")
     out_dir.mkdir(parents=True, exist_ok=True)
     train_sets = ", ".join(f"`{s}`" for s in sorted(long["train_set"].unique()))
     markdown = [

@@ -10,8 +10,9 @@ from typing import Any
 
 from bench import distributed, leaderboard
 from bench.checkpoint import previous
-from bench.config import ConfigError, RunConfig, save_config
+from bench.config import RunConfig, save_config
 from bench.data.cards import load_card
+from bench.errors import ConfigError
 from bench.grid import Cell
 from bench.journal import Journal
 from bench.metric_keys import STEPS

@@ -7,6 +7,8 @@ import re
 
 from torch import nn
 
+from bench.errors import ConfigError
+
 PRESETS: dict[str, dict[str, str]] = {
     "vit": {
         "attn": r"(.*\.)?blocks\.\d+\.attn\.(qkv|proj)",
@@ -36,10 +38,10 @@ def resolve_targets(model: nn.Module, targets: str) -> str:
     family = next((f for f, presets in PRESETS.items() if any(re.fullmatch(presets["all"], n) for n in names)), None)
     if family is None:
         if targets == "auto" or targets in {k for presets in PRESETS.values() for k in presets}:
-            raise ValueError(f"targets {targets!r}: presets exist for {', '.join(PRESETS)} backbones; give a regex")
+            raise ConfigError(f"targets {targets!r}: presets exist for {', '.join(PRESETS)} backbones; give a regex")
         return targets
     presets = PRESETS[family]
     key = DEFAULTS[family] if targets == "auto" else targets
     if key not in presets and any(key in other for other in PRESETS.values()):
-        raise ValueError(f"targets {targets!r} is not a preset for {family} backbones ({', '.join(presets)})")
+        raise ConfigError(f"targets {targets!r} is not a preset for {family} backbones ({', '.join(presets)})")
     return presets.get(key, key)

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, RunConfig, flatten
+from bench.config import RunConfig, flatten
+from bench.errors import ConfigError
 from bench.journal import HEAD, RECORDS, Head, Journal
 from bench.locks import locked
 

@@ -23,7 +23,7 @@ before the final allocation, with more triplets than the target (``diag/rank_mea
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from bench.adapter import Adapter
-from bench.config import ConfigError
+from bench.errors import ConfigError
+from bench.options import MethodOptions, bound, per_forgery_method
 from bench.registry import register_method
 from bench.targets import resolve_targets
-from methods.masm import DEFAULT_K
 from methods.peft_tuning import PeftAdapter
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
 @dataclass
-class AdaLoRAOptions:
+class AdaLoRAOptions(MethodOptions):
     """PEFT ``AdaLoraConfig`` settings.
 
     Attributes:
@@ -83,9 +83,8 @@ class AdaLoRAOptions:
             raise ConfigError("method.options: delta_t must be at least 1 and orth_reg_weight at least 0")
         self.schedule()
 
-    def bind(self, forgery_methods: list[str]) -> None:
-        if self.rank is None:
-            self.rank = len(forgery_methods) or DEFAULT_K
+    def bind(self, forgery_methods: Sequence[str] | None) -> None:
+        self.rank = per_forgery_method(self.rank, forgery_methods)
 
     def bind_steps(self, total_steps: int | None) -> None:
         if self.total_step is not None:
@@ -119,7 +118,7 @@ class AdaLoRA(PeftAdapter):
     def __init__(self, backbone: nn.Module, options: AdaLoRAOptions) -> None:
         from peft import AdaLoraConfig
 
-        rank = options.rank or DEFAULT_K
+        rank = bound(options.rank, "rank")
         total, tinit, tfinal = options.schedule()
         config = AdaLoraConfig(
             init_r=options.init_rank or math.ceil(1.5 * rank),

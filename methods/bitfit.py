@@ -8,11 +8,12 @@ from torch import nn
 
 from bench.adapter import Adapter
 from bench.backbone import classifier
+from bench.options import MethodOptions
 from bench.registry import register_method
 
 
 @dataclass
-class BitFitOptions:
+class BitFitOptions(MethodOptions):
     """No options: every bias of the backbone trains."""
 
 

@@ -18,14 +18,15 @@ import torch
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.config import ConfigError
+from bench.errors import ConfigError
+from bench.options import MethodOptions
 from bench.registry import register_method
 from bench.targets import resolve_targets
 from methods.peft_tuning import PeftAdapter
 
 
 @dataclass
-class BOFTOptions:
+class BOFTOptions(MethodOptions):
     """PEFT ``BOFTConfig`` settings.
 
     Attributes:

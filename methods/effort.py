@@ -2,7 +2,7 @@
 
 ``effort`` trains as the released code does (cross-entropy only); ``effort-paper`` adds the paper's orthogonality
 and keep-singular-value losses (weight 1.0 on their mean over layers, i.e. 1.0 / number of layers on their sum).
-Both are MASM's machinery with K = 1, r = 1, no routing and no mask.
+Both are MASM's machinery with K = 1, r = 1, no routing and no mask (docs/masm.md, section 1).
 """
 
 from __future__ import annotations

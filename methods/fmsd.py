@@ -1,5 +1,5 @@
 """FMSD: our reading of the MASM paper's third version (arXiv 2601.01041v3, "Generalizable Deepfake Detection Based
-on Forgery-aware Layer Masking and Multi-artifact Subspace Decomposition").
+on Forgery-aware Layer Masking and Multi-artifact Subspace Decomposition"); docs/masm.md, section 3.
 
 Forgery-aware layer masking comes first. Before training, ``select_batches`` training batches pass through the plain,
 frozen backbone and its seeded, untrained head (as every method starts), and the gradient of each target layer's
@@ -29,8 +29,9 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from bench.adapter import Adapter
-from bench.config import check_choice
+from bench.errors import ConfigError
 from bench.registry import register_method, register_variant
+from bench.schema import check_choice
 from bench.slot_optim import Slots
 from bench.targets import resolve_targets
 from methods import masks
@@ -95,7 +96,7 @@ class FMSD(MASM):
         targets = resolve_targets(backbone, options.targets)
         self.candidates = [n for n, _ in backbone.named_modules() if n and re.fullmatch(targets, n)]
         if not self.candidates:
-            raise ValueError(f"no module name matches the targets {targets!r}")
+            raise ConfigError(f"no module name matches the targets {targets!r}")
         self.selected: list[str] = []
         self.scores = torch.zeros(len(self.candidates), dtype=torch.float64, device="cpu")
 

@@ -11,12 +11,13 @@ from torch import nn
 
 from bench.adapter import Adapter
 from bench.diagnostics import weight_report
+from bench.options import MethodOptions
 from bench.registry import register_method
 from bench.targets import resolve_targets
 
 
 @dataclass
-class FullFTOptions:
+class FullFTOptions(MethodOptions):
     """Full fine-tuning options.
 
     Attributes:

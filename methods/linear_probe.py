@@ -8,11 +8,12 @@ from torch import nn
 
 from bench.adapter import Adapter
 from bench.backbone import classifier
+from bench.options import MethodOptions
 from bench.registry import register_method
 
 
 @dataclass
-class LinearProbeOptions:
+class LinearProbeOptions(MethodOptions):
     """The linear probe has no options."""
 
 

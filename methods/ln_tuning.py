@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.adapter import Adapter
+from bench.options import MethodOptions
 from bench.registry import register_method
 from methods.peft_tuning import PeftAdapter
 
@@ -16,7 +17,7 @@ NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
 @dataclass
-class LNTuningOptions:
+class LNTuningOptions(MethodOptions):
     """No options: every normalisation layer of the backbone with parameters (LayerNorm, GroupNorm, BatchNorm) is
     tuned."""
 

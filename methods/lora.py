@@ -3,16 +3,17 @@ LoRA with PEFT's ``use_dora`` and ``init_lora_weights="pissa"``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.config import check_choice
+from bench.options import MethodOptions, bound, per_forgery_method
 from bench.registry import register_method, register_variant
+from bench.schema import check_choice
 from bench.targets import resolve_targets
-from methods.masm import DEFAULT_K
 from methods.peft_tuning import PeftAdapter, linear_only
 
 INITS: dict[str, Any] = {"default": True, "pissa": "pissa"}
@@ -21,7 +22,7 @@ INITS: dict[str, Any] = {"default": True, "pissa": "pissa"}
 
 
 @dataclass
-class LoRAOptions:
+class LoRAOptions(MethodOptions):
     """PEFT ``LoraConfig`` settings.
 
     Attributes:
@@ -43,9 +44,8 @@ class LoRAOptions:
     def __post_init__(self) -> None:
         check_choice("method.options.init", self.init, tuple(INITS))
 
-    def bind(self, forgery_methods: list[str]) -> None:
-        if self.rank is None:
-            self.rank = len(forgery_methods) or DEFAULT_K
+    def bind(self, forgery_methods: Sequence[str] | None) -> None:
+        self.rank = per_forgery_method(self.rank, forgery_methods)
 
 
 class LoRA(PeftAdapter):
@@ -54,7 +54,7 @@ class LoRA(PeftAdapter):
     def __init__(self, backbone: nn.Module, options: LoRAOptions) -> None:
         from peft import LoraConfig
 
-        rank, targets = options.rank or DEFAULT_K, resolve_targets(backbone, options.targets)
+        rank, targets = bound(options.rank, "rank"), resolve_targets(backbone, options.targets)
         if options.init == "pissa":
             linear_only(backbone, targets, "pissa")
         config = LoraConfig(

@@ -1,7 +1,7 @@
 """Selective layer masks of MASM: which (layer, subspace) factors an optimizer step may move.
 
 A mask is a boolean tensor of shape (layers, subspaces); ``False`` freezes that layer's factors of that subspace
-until the next refresh. The rules (masm.md section 2.2):
+until the next refresh. The rules (docs/masm.md, section 2.2):
 
 - ``state``: a subspace whose routed loss (EMA) runs below the mean gets a mask ratio
   ``rho_k = rho_max * clip((mean - L_k) / (mean * tau), 0, 1)``; its ``rho_k`` fraction of layers with the largest

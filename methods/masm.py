@@ -1,4 +1,4 @@
-"""MASM: multi-artifact subspaces with selective layer masks (masm.md section 2), and its named ablations.
+"""MASM: multi-artifact subspaces with selective layer masks, and its named ablations (docs/masm.md, section 2).
 
 Every target weight is split by SVD into a frozen semantic principal subspace and K learnable rank-r artifact
 subspaces (:class:`methods.subspaces.layer.SubspaceLayer`). Routing binds subspace k to training forgery method k; a
@@ -10,7 +10,7 @@ other switches (``methods/effort.py``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +24,11 @@ from torch import Tensor, nn
 from bench import distributed, figures
 from bench.adapter import Adapter, Artifact
 from bench.backbone import classifier
-from bench.config import ConfigError, check_choice
 from bench.diagnostics import pairwise_angles, weight_report
+from bench.errors import ConfigError
+from bench.options import MethodOptions, bound, per_forgery_method
 from bench.registry import register_method, register_variant
+from bench.schema import check_choice
 from bench.slot_optim import Slots
 from bench.targets import resolve_targets
 from methods import masks
@@ -34,8 +36,6 @@ from methods.subspaces.constraints import effort_orth_loss, energy_loss, orth_lo
 from methods.subspaces.layer import FactorGroup, SubspaceLayer, inject, merged, routing, subspace_layers
 from methods.subspaces.stack import shared_factors, stack_factors, subspace_drift
 from methods.subspaces.svd import SVDCache
-
-DEFAULT_K = 4  # FaceForensics++'s four forgery methods, when no training card says otherwise
 
 
 def svd_cache() -> SVDCache:
@@ -45,7 +45,7 @@ def svd_cache() -> SVDCache:
 
 
 @dataclass
-class MASMOptions:
+class MASMOptions(MethodOptions):
     """Switches of the SVD subspace methods.
 
     Attributes:
@@ -63,7 +63,7 @@ class MASMOptions:
         tau: relative loss gap at which a subspace reaches ``rho_max``.
         keep: fraction of layers kept per subspace (``gradsnr``).
         ema: decay of the loss and gradient EMAs.
-        orth: ``masm`` (masm.md 2.3), ``effort`` (Effort paper's loss) or ``none``.
+        orth: ``masm`` (docs/masm.md, section 2.3), ``effort`` (Effort paper's loss) or ``none``.
         lambda_orth: weight of the orthogonality loss (averaged over layers).
         spectral: ``tail`` (svdvals of the artifact part vs the initial tail), ``energy`` (Effort's
             keep-singular-value loss) or ``none``.
@@ -103,11 +103,10 @@ class MASMOptions:
         if self.dense and self.routing != "none":
             raise ConfigError("method.options.dense needs routing: none (routing uses the low-rank forward)")
 
-    def bind(self, forgery_methods: list[str]) -> None:
+    def bind(self, forgery_methods: Sequence[str] | None) -> None:
         """Fill ``K`` from the training card and check that routing has a subspace per forgery method."""
-        if self.K is None:
-            self.K = len(forgery_methods) or DEFAULT_K
-        if self.routing != "none" and len(forgery_methods) != self.K:
+        self.K = per_forgery_method(self.K, forgery_methods)
+        if forgery_methods is not None and self.routing != "none" and len(forgery_methods) != self.K:
             raise ConfigError(
                 f"method.options.K={self.K} but routing: {self.routing} needs one subspace per training forgery method "
                 f"({len(forgery_methods)}: {', '.join(forgery_methods)}); set K to that or routing: none"
@@ -138,7 +137,7 @@ class MASM(Adapter):
     def __init__(self, backbone: nn.Module, options: MASMOptions, decompose: bool = True) -> None:
         super().__init__(backbone)
         self.options = options
-        self.K = options.K or DEFAULT_K
+        self.K = bound(options.K, "K")
         backbone.requires_grad_(False)
         classifier(backbone).requires_grad_(True)
         self.decompose(resolve_targets(backbone, options.targets) if decompose else [])

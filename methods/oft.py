@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.adapter import Adapter
+from bench.options import MethodOptions
 from bench.registry import register_method
 from bench.targets import resolve_targets
 from methods.peft_tuning import PeftAdapter
 
 
 @dataclass
-class OFTOptions:
+class OFTOptions(MethodOptions):
     """PEFT ``OFTConfig`` settings.
 
     Attributes:

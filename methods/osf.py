@@ -5,19 +5,20 @@ residual of the smallest singular directions at rank 1)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from bench.adapter import Adapter
+from bench.options import MethodOptions, bound, per_forgery_method
 from bench.registry import register_method
 from bench.targets import resolve_targets
-from methods.masm import DEFAULT_K
 from methods.peft_tuning import PeftAdapter, linear_only
 
 
 @dataclass
-class OSFOptions:
+class OSFOptions(MethodOptions):
     """PEFT ``OSFConfig`` settings.
 
     Attributes:
@@ -28,9 +29,8 @@ class OSFOptions:
     rank: int | None = None
     targets: str = "auto"
 
-    def bind(self, forgery_methods: list[str]) -> None:
-        if self.rank is None:
-            self.rank = len(forgery_methods) or DEFAULT_K
+    def bind(self, forgery_methods: Sequence[str] | None) -> None:
+        self.rank = per_forgery_method(self.rank, forgery_methods)
 
 
 @register_method(
@@ -44,7 +44,7 @@ def build(backbone: nn.Module, options: OSFOptions) -> Adapter:
 
     targets = resolve_targets(backbone, options.targets)
     linear_only(backbone, targets, "osf")
-    rank = options.rank or DEFAULT_K
+    rank = bound(options.rank, "rank")
     kept = {  # per module: what stays frozen, so that exactly ``rank`` directions train
         f"^{re.escape(n)}$": min(m.weight.shape) - rank for n, m in backbone.named_modules() if re.fullmatch(targets, n)
     }

@@ -207,3 +207,35 @@ def test_cells_finished_by_other_code_are_reported_and_rerun_on_request(
     again = runs_by_hash(tracking_uri, tmp_path.name)[cells[0].run_id]
     assert again.info.run_id != first[cells[0].run_id].info.run_id and again.data.tags["git.sha"] != "0" * 40
     assert "resume_step" not in again.data.metrics  # from the start, not resumed from the old checkpoint
+
+
+@pytest.mark.parametrize("debug", [["--debug"], "env"])
+def test_debug_shows_the_traceback_of_bad_input_above_its_line(
+    tmp_path: Path, capsys, monkeypatch, debug: list[str] | str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("base: {model: [\n")
+    if debug == "env":
+        monkeypatch.setenv("BENCH_DEBUG", "1")
+    assert main([*(debug if isinstance(debug, list) else []), "grid", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("Traceback") and any("ConfigError" in line for line in err)
+    assert err[-1].startswith("error:") and "malformed YAML" in err[-1]
+
+
+def test_a_bug_is_raised_with_its_traceback_not_reported_as_bad_input(capsys, monkeypatch) -> None:
+    import bench.report
+
+    def broken(*args: object) -> str:
+        raise ValueError("a bug in the report")
+
+    monkeypatch.setattr(bench.report, "write_report", broken)
+    with pytest.raises(ValueError, match="a bug in the report"):
+        main(["report", "--experiment", "smoke"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_an_unknown_experiment_is_bad_input(tmp_path: Path, tracking_uri, capsys) -> None:
+    assert main(["report", "--experiment", "nope", "--tracking-uri", tracking_uri, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no MLflow experiment named 'nope'") and len(err.splitlines()) == 1

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import ConfigError, RunConfig, build_config, load_config, parse_set, save_config
+from bench.config import RunConfig, build_config, load_config, parse_set, save_config
+from bench.errors import ConfigError
 
 
 def test_defaults_file_and_set_precedence(tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_values_that_would_run_wrongly_are_refused_in_one_line(assignment: str) 
 
 
 def test_names_with_separators_or_dots_are_refused() -> None:
-    from bench.config import check_name
+    from bench.schema import check_name
 
     for bad in ("../../x", "a/b", "a\\b", "..", "", " x"):
         with pytest.raises(ConfigError, match="is not a name"):
@@ -128,3 +129,18 @@ def test_the_run_id_of_a_smoke_cell_is_pinned_and_fields_marked_out_of_it_leave_
         assert dataclasses.replace(cfg, **{section: other}).run_id() == cell.run_id, section
     faster = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * 2))
     assert faster.run_id() != cell.run_id
+
+
+def test_the_data_modules_do_not_import_the_config() -> None:
+    """The config checks its data fields with the data modules; they take the generic helpers from bench.schema and
+    bench.errors, so no import cycle joins them (``commands``, the ``bench data`` CLI, reads the config's defaults)."""
+    import subprocess
+    import sys
+
+    import bench.data
+
+    folder = Path(bench.data.__file__).parent
+    modules = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "commands"))
+    code = f"import sys\nfor m in {modules!r}: __import__('bench.data.' + m)\nprint('bench.config' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False" and "cards" in modules

@@ -22,7 +22,7 @@ def run_data(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     add_data_commands(parser.add_subparsers(dest="data_command", required=True))
     args = parser.parse_args(argv)
-    return args.data_handler(args)
+    return args.handler(args)
 
 
 def index_card(tmp_path: Path, splits: dict[str, str] | None = None) -> str:

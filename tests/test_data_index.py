@@ -11,11 +11,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from bench.config import ConfigError
 from bench.data.cards import CARDS_DIR, load_card
 from bench.data.catalog import split_frames
 from bench.data.deepfakebench import map_prefix
 from bench.data.frames import REAL
+from bench.errors import ConfigError
 
 OLD = "/home/someone/DeepfakeBench/datasets/rgb"
 

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from bench.config import ConfigError, build_config
+from bench.config import build_config
 from bench.data.frames import Frame
 from bench.data.loader import FrameDataset
 from bench.data.perturb import LEVELS, parse_perturbations, perturb
+from bench.errors import ConfigError
 
 FACE = data.astronaut()[:256, 128:384]
 

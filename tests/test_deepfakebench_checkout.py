@@ -11,10 +11,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from bench.config import ConfigError, DataConfig, available_cpus, build_config
+from bench.config import DataConfig, available_cpus, build_config
 from bench.data.cards import open_card
 from bench.data.catalog import split_frames
 from bench.data.check import check_card
+from bench.errors import ConfigError
 from bench.grid import resolve_config
 from bench.train import train
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.grid import GridSpec, expand, load_grid
 from bench.runner import run_cell
 from bench.tracking import runs_by_hash

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.config import ConfigError
 from bench.data.augment import Augment
 from bench.data.cards import load_card
 from bench.data.catalog import split_frames
 from bench.data.frames import REAL, Frame, sample_evenly
 from bench.data.loader import FrameDataset, StepSampler, group_indices, group_shares
+from bench.errors import ConfigError
 from tests.conftest import METHODS, write_folder_card
 
 

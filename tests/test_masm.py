@@ -135,7 +135,7 @@ def test_masm_resumes_exactly_with_its_mask_state(tiny_cards: tuple[str, str], t
 
 
 def test_routing_needs_one_subspace_per_method(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
-    from bench.config import ConfigError
+    from bench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="one subspace per training forgery method"):
         resolve_config(tiny_config(tiny_cards, tmp_path, method={"name": "masm", "options": {"K": 3}}))
@@ -182,3 +182,17 @@ def test_params_lists_every_method_on_the_meta_device(capsys: pytest.CaptureFixt
     rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]}
     assert list(rows) == list_methods()
     assert rows["fmsd/no-selection"] == rows["masm"] and int(rows["fmsd"].replace(",", "")) > 0
+
+
+def test_the_docs_sections_the_code_cites_exist() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    headings = set(re.findall(r"^#+ (\d+(?:\.\d+)*)\.? ", (root / "docs" / "masm.md").read_text(), re.M))
+    cited = {
+        section
+        for path in [*root.glob("bench/**/*.py"), *root.glob("methods/**/*.py")]
+        for section in re.findall(r"docs/masm\.md, section (\d+(?:\.\d+)*)", path.read_text())
+    }
+    assert cited and cited <= headings, cited - headings

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.config import ConfigError, OptimConfig
+from bench.config import OptimConfig
+from bench.errors import ConfigError
 from bench.step import build_optimizer, schedule
 from bench.train import train
 from tests.conftest import tiny_config

@@ -10,7 +10,8 @@ import torch
 
 from bench import checkpoint
 from bench.backbone import create_backbone
-from bench.config import ConfigError, ModelConfig
+from bench.config import ModelConfig
+from bench.errors import ConfigError
 from bench.grid import resolve_config
 from bench.registry import get_method
 from bench.train import LAST, train

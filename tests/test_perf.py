@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench import perf
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.step import backward, read_losses
 
 

@@ -4,8 +4,10 @@ from dataclasses import dataclass
 import pytest
 
 from bench import registry
-from bench.config import ConfigError, build_config
+from bench.config import build_config
+from bench.errors import ConfigError
 from bench.grid import resolve_config
+from bench.options import DEFAULT_K, MethodOptions
 from bench.registry import get_method, list_methods, register_method
 
 
@@ -16,7 +18,7 @@ def test_builtin_methods_registered() -> None:
 
 def test_duplicate_name_is_an_error() -> None:
     @dataclass
-    class Options:
+    class Options(MethodOptions):
         pass
 
     with pytest.raises(ValueError, match="already registered"):
@@ -36,7 +38,7 @@ def test_unknown_option_names_method() -> None:
 
 def test_variant_presets_options(monkeypatch: pytest.MonkeyPatch) -> None:
     @dataclass
-    class Options:
+    class Options(MethodOptions):
         rank: int = 1
 
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
@@ -48,7 +50,7 @@ def test_variant_presets_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_run_length_is_bound_in_a_run_only(monkeypatch: pytest.MonkeyPatch) -> None:
     @dataclass
-    class Options:
+    class Options(MethodOptions):
         steps: int | None = None
 
         def bind_steps(self, total_steps: int | None) -> None:
@@ -63,6 +65,22 @@ def test_the_run_length_is_bound_in_a_run_only(monkeypatch: pytest.MonkeyPatch) 
     assert method.resolve({}, ["a", "b"], 12).steps == 12
     with pytest.raises(ConfigError, match=r"needs the run's length \(method 'toy'\)"):
         method.resolve({}, ["a", "b"])  # a run whose config leaves its length to the data
+
+
+def test_options_are_bound_through_the_typed_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert get_method("masm").resolve().K == get_method("lora").resolve().rank == DEFAULT_K  # outside a run
+    assert get_method("masm").resolve({}, ["a", "b"]).K == get_method("osf").resolve({}, ["a", "b"]).rank == 2
+    assert get_method("effort").resolve({}, ["a", "b"]).K == 1  # a preset wins over the card
+    with pytest.raises(ConfigError, match="K=3 but routing: balanced needs one subspace per training forgery method"):
+        get_method("masm").resolve({"K": 3}, ["a", "b"])
+
+    @dataclass
+    class Plain:
+        rank: int = 1
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    with pytest.raises(TypeError, match="options must be a MethodOptions dataclass"):
+        register_method("plain", Plain, "plain")(lambda backbone, options: None)  # type: ignore[type-var]
 
 
 def test_every_module_of_the_methods_folder_is_imported() -> None:

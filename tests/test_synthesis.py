@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.config import ConfigError, build_config
+from bench.config import build_config
 from bench.data.cards import load_card
 from bench.data.catalog import split_frames
 from bench.data.loader import FrameDataset
 from bench.data.synthesis import region, synthesize, synthetic_split
+from bench.errors import ConfigError
 from bench.grid import resolve_config
 from bench.train import load_splits, train
 from tests.conftest import METHODS, tiny_config

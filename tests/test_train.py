@@ -10,7 +10,7 @@ import torch
 
 from bench import checkpoint
 from bench.backbone import compile_backbone
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.grid import resolve_config
 from bench.step import TrainingError, schedule
 from bench.train import BEST, LAST, train

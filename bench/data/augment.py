@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.errors import ConfigError
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import asks PyPI for a newer release otherwise
 
 Spec = list[dict[str, Any]]
@@ -75,7 +77,7 @@ PRESETS: dict[str, Spec] = {
 NESTED = ("OneOf", "SomeOf", "Sequential")
 
 
-class AugmentError(ValueError):
+class AugmentError(ConfigError):
     """A ``data.augment`` value albumentations cannot build; the message names the entry."""
 
 

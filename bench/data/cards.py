@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, build_dataclass, check_name, read_yaml
 from bench.data.deepfakebench import COMPRESSIONS, resolve_labels
+from bench.errors import ConfigError
+from bench.schema import build_dataclass, check_name, read_yaml
 
 CARDS_DIR = Path(__file__).resolve().parents[2] / "datasets"
 FORMATS = ("offline", "folder", "deepfakebench")

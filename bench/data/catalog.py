@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.config import ConfigError
 from bench.data.cards import Card
 from bench.data.deepfakebench import index_videos, read_index, read_json, suspicious_prefixes
 from bench.data.frames import REAL, Frame, sample_evenly
+from bench.errors import DataError
 
 log = logging.getLogger(__name__)
 DEFAULT_HINT = "check data.root, data.deepfakebench and the card's prefix_map"
@@ -91,17 +91,17 @@ def list_frames(card: Card, split: str, data_root: str | Path, frames_per_video:
         base = card.location(data_root)
         frames = read_index(videos, prefix_map=card.prefix_map, base=base, frames_per_video=frames_per_video, rgb=rgb)
         if not frames:
-            raise ConfigError(f"card {card.name}: split '{split}' has no videos in {card.index_path(data_root)}")
+            raise DataError(f"card {card.name}: split '{split}' has no videos in {card.index_path(data_root)}")
         return Listing(frames, [video for _, _, video, listed in videos if not listed])
     split_dir = card.split_dir(split, data_root)
     if card.format == "offline":
         ensure_generated(card, data_root)
     if not split_dir.is_dir():
-        raise ConfigError(f"card {card.name}: split '{split}' folder {split_dir} does not exist (check data.root)")
+        raise DataError(f"card {card.name}: split '{split}' folder {split_dir} does not exist (check data.root)")
     folders = folder_videos(split_dir)
     frames = _sampled(folders, frames_per_video)
     if not frames:
-        raise ConfigError(f"card {card.name}: split '{split}' has no frames under {split_dir}")
+        raise DataError(f"card {card.name}: split '{split}' has no frames under {split_dir}")
     return Listing(frames, [video for _, _, video, images in folders if not images])
 
 
@@ -121,7 +121,7 @@ def split_frames(
     missing = [f.path for f in frames if not os.path.exists(f.path)]
     if missing:
         hint = "; ".join(suspicious_prefixes(card.prefix_map))
-        raise ConfigError(
+        raise DataError(
             f"card {card.name}: split '{split}': {len(missing)} of {len(frames)} frames do not exist, e.g. "
             f"{examples(missing)} ({hint or DEFAULT_HINT}; `bench data check {card.name}`)"
         )
@@ -131,6 +131,6 @@ def split_frames(
             f"card {card.name}: split '{split}': {len(empty)} of {videos} videos list no frames, e.g. {examples(empty)}"
         )
         if len(empty) > max_bad_fraction * videos:
-            raise ConfigError(f"{said}, more than data.max_bad_fraction={max_bad_fraction} (extract their frames)")
+            raise DataError(f"{said}, more than data.max_bad_fraction={max_bad_fraction} (extract their frames)")
         log.warning("%s; they are left out", said)
     return frames

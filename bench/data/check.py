@@ -10,12 +10,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.config import ConfigError
 from bench.data.cards import Card
 from bench.data.catalog import examples, list_frames
 from bench.data.deepfakebench import suspicious_prefixes
 from bench.data.frames import Frame
 from bench.data.loader import UNREADABLE
+from bench.errors import ConfigError
 
 
 def frame_problem(path: str) -> tuple[str, str] | None:

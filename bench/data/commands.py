@@ -75,7 +75,7 @@ def add_checkout_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_data_commands(data_sub: argparse._SubParsersAction) -> None:
-    """Add ``check``, ``prepare`` and ``bench`` to the ``bench data`` subparsers (handler in ``data_handler``)."""
+    """Add ``check``, ``prepare`` and ``bench`` to the ``bench data`` subparsers (each sets its ``handler``)."""
     defaults = DataConfig()
     check = data_sub.add_parser("check", help="counts per split, label and method; missing or unreadable frames")
     check.add_argument("card")
@@ -83,7 +83,7 @@ def add_data_commands(data_sub: argparse._SubParsersAction) -> None:
     check.add_argument("--frames-per-video", type=int, default=defaults.frames_per_video, help="frames a run takes")
     check.add_argument("--workers", type=int, default=4, help="threads decoding frames")
     add_checkout_option(check)
-    check.set_defaults(data_handler=cmd_check)
+    check.set_defaults(handler=cmd_check)
 
     prep = data_sub.add_parser("prepare", help="raw videos to face crops in the folder layout plus an index")
     prep.add_argument("source", help="folder with real/ and fake/<method>/ (or split folders holding them)")
@@ -94,7 +94,7 @@ def add_data_commands(data_sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--detector", choices=("auto", "mtcnn", "lbp"), default="auto", help="auto: mtcnn if installed")
     prep.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes")
     prep.add_argument("--split", default="test", help="split name when the source has no split folders")
-    prep.set_defaults(data_handler=cmd_prepare)
+    prep.set_defaults(handler=cmd_prepare)
 
     bench = data_sub.add_parser("bench", help="images per second of the data loader alone")
     bench.add_argument("card")
@@ -109,4 +109,4 @@ def add_data_commands(data_sub: argparse._SubParsersAction) -> None:
     add_checkout_option(bench)
     bench.add_argument("--batches", type=int, default=None, help="stop after this many batches")
     bench.add_argument("--pin", action="store_true", help="pinned memory (as on CUDA)")
-    bench.set_defaults(data_handler=cmd_bench)
+    bench.set_defaults(handler=cmd_bench)

@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError
 from bench.data.frames import REAL, Frame, sample_evenly
+from bench.errors import ConfigError, DataError
 
 COMPRESSIONS = ("c23", "c40", "raw")
 
@@ -77,16 +77,16 @@ def _read_json(path: str, mtime: float) -> dict[str, Any]:
         with open(path) as fh:
             data = json.load(fh)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"index {path}: not valid JSON ({err})") from None
+        raise DataError(f"index {path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"index {path}: expected a mapping at the top level")
+        raise DataError(f"index {path}: expected a mapping at the top level")
     return data
 
 
 def read_json(path: Path) -> dict[str, Any]:
     """The parsed index file (cached while the file is unchanged: the splits of a card share one read)."""
     if not path.is_file():
-        raise ConfigError(f"index {path}: no such file (check data.root and the card's 'index')")
+        raise DataError(f"index {path}: no such file (check data.root and the card's 'index')")
     return _read_json(str(path), path.stat().st_mtime)
 
 
@@ -106,7 +106,7 @@ def _frame_order(path: str) -> list[int | str]:
 def _videos(node: Any, compression: str | None, where: str) -> dict[str, Any]:
     """The ``{video: record}`` mapping under one label key's split, through the compression level if there is one."""
     if not isinstance(node, dict):
-        raise ConfigError(f"{where}: expected a mapping of videos, got {type(node).__name__}")
+        raise DataError(f"{where}: expected a mapping of videos, got {type(node).__name__}")
     levels = [k for k in node if k in COMPRESSIONS]
     if levels:
         if compression is None:
@@ -144,7 +144,7 @@ def index_videos(
         at = f"{where}: {dataset}/{key}/{split}"
         for video, record in _videos(groups[key][split], compression, at).items():
             if not isinstance(record, dict) or not isinstance(record.get("frames"), list):
-                raise ConfigError(f"{at}: entry {video!r} is not a video record with a 'frames' list")
+                raise DataError(f"{at}: entry {video!r} is not a video record with a 'frames' list")
             videos.append((key, label, f"{key}/{video}", record["frames"]))
     return videos
 

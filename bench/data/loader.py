@@ -23,6 +23,7 @@ from bench.data.augment import Augment
 from bench.data.frames import REAL, Frame
 from bench.data.perturb import perturb
 from bench.data.synthesis import synthesize
+from bench.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def group_indices(frames: Sequence[Frame], methods: Sequence[str], balanced: boo
     groups += [np.array([i for i, f in enumerate(frames) if f.method == m]) for m in methods]
     empty = [name for name, g in zip([REAL, *methods], groups, strict=True) if len(g) == 0]
     if empty:
-        raise ValueError(f"balanced sampling needs frames of every group; none of: {', '.join(empty)}")
+        raise DataError(f"balanced sampling needs frames of every group; none of: {', '.join(empty)}")
     return groups
 
 
@@ -139,7 +140,7 @@ def group_shares(batch_size: int, n_groups: int) -> list[int]:
     fakes = batch_size - batch_size // 2
     per_method = fakes // (n_groups - 1)
     if per_method == 0:
-        raise ValueError(f"batch size {batch_size} is too small for reals plus {n_groups - 1} forgery methods")
+        raise ConfigError(f"batch size {batch_size} is too small for reals plus {n_groups - 1} forgery methods")
     return [batch_size - per_method * (n_groups - 1)] + [per_method] * (n_groups - 1)
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from bench.data.forgeries import DEFAULT_SEVERITY, FAMILIES
 from bench.data.perturb import degrade
+from bench.errors import ConfigError
 from bench.locks import locked
 
 GENERATOR_VERSION = 2
@@ -123,17 +124,17 @@ class OfflineSpec:
 
     def __post_init__(self) -> None:
         if self.sources not in POOLS:
-            raise ValueError(f"sources must be one of {sorted(POOLS)}, got {self.sources!r}")
+            raise ConfigError(f"sources must be one of {sorted(POOLS)}, got {self.sources!r}")
         unknown = [f for f in [*self.families, *self.severity] if f not in FAMILIES]
         if unknown or not self.families:
-            raise ValueError(f"unknown or no forgery families {unknown}; valid: {sorted(FAMILIES)}")
+            raise ConfigError(f"unknown or no forgery families {unknown}; valid: {sorted(FAMILIES)}")
         extra = sorted(set(self.severity) - set(self.families))
         if extra:
-            raise ValueError(f"severity given for families {extra} that are not in families {self.families}")
+            raise ConfigError(f"severity given for families {extra} that are not in families {self.families}")
         if any(not 0.0 <= s <= 1.0 for s in self.severity.values()):
-            raise ValueError(f"severities must lie in [0, 1], got {self.severity}")
+            raise ConfigError(f"severities must lie in [0, 1], got {self.severity}")
         if not self.videos or any(n < 1 for n in self.videos.values()) or self.frames < 1 or self.size < 16:
-            raise ValueError(f"need videos >= 1 per split, frames >= 1 and size >= 16, got {self}")
+            raise ConfigError(f"need videos >= 1 per split, frames >= 1 and size >= 16, got {self}")
 
     def resolved(self) -> dict[str, Any]:
         """The spec with every family's severity filled in: what ``spec.json`` records."""
@@ -218,7 +219,7 @@ def _round_robin(per_source: list[list[Tile]], count: int) -> list[Tile]:
         layer = [tiles[depth] for tiles in per_source if depth < len(tiles)]
         if not layer:
             total = sum(map(len, per_source))
-            raise ValueError(f"the pool has {total} distinct locations; the spec needs {count} real videos")
+            raise ConfigError(f"the pool has {total} distinct locations; the spec needs {count} real videos")
         taken += layer[: count - len(taken)]
         depth += 1
     return taken

@@ -28,9 +28,9 @@ import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
-from bench.config import ConfigError
 from bench.data.catalog import read_folder
 from bench.data.frames import REAL, sample_evenly
+from bench.errors import ConfigError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
 DETECTORS = ("auto", "mtcnn", "lbp")

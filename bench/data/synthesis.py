@@ -18,6 +18,7 @@ import numpy as np
 
 from bench.data.forgeries import DEFAULT_SEVERITY, blend, elliptical_mask
 from bench.data.frames import REAL, Frame
+from bench.errors import DataError
 
 SYNTHESES = ("none", "sbi")
 SALT = 0x5B1  # keeps the blend's draws apart from the augmentation's, which come from the same seed
@@ -33,7 +34,7 @@ def synthetic_split(frames: list[Frame], synthesis: str) -> list[Frame]:
     fakes of method ``synthesis`` (the card's own fakes are left out)."""
     reals = [f for f in frames if f.method == REAL]
     if not reals:
-        raise ValueError(f"data.synthesis={synthesis} trains on real frames, and the training split has none")
+        raise DataError(f"data.synthesis={synthesis} trains on real frames, and the training split has none")
     return reals + [dataclasses.replace(f, label=1, method=synthesis, video=f"{f.video}#{synthesis}") for f in reals]
 
 

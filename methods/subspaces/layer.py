@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.errors import ConfigError
 from bench.targets import resolve_targets
 from methods.subspaces.low_rank import LayerStep, LowRankLinear
 from methods.subspaces.svd import Factors, SVDCache, block_svd
@@ -22,7 +23,7 @@ def _check_wrappable(module: nn.Module, name: str = "module") -> None:
     if not isinstance(module, nn.Linear | nn.Conv2d):
         raise TypeError(f"{name} is a {type(module).__name__}; only nn.Linear and nn.Conv2d can be wrapped")
     if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise ValueError(f"{name} is a grouped convolution (groups={module.groups}); only groups=1 can be wrapped")
+        raise ConfigError(f"{name} is a grouped convolution (groups={module.groups}); only groups=1 can be wrapped")
 
 
 class SubspaceLayer(nn.Module):
@@ -86,7 +87,7 @@ class SubspaceLayer(nn.Module):
             raise ValueError(f"cannot split a {type(base).__name__} with {out} outputs into {blocks} row blocks")
         p = min(out // blocks, matrix.shape[1])
         if K < 1 or r < 1 or K * r > p:
-            raise ValueError(f"K={K}, r={r}: need K, r >= 1 and K*r <= {p} (the rank of each weight block)")
+            raise ConfigError(f"K={K}, r={r}: need K, r >= 1 and K*r <= {p} (the rank of each weight block)")
         base.requires_grad_(False)
         self.base_layer = base
         self.K, self.r, self.blocks, self.dense = K, r, blocks, dense
@@ -335,7 +336,7 @@ def inject(
     names = [n for n in modules if n and any(c.fullmatch(n) for c in compiled)]
     if not names:
         candidates = [n for n, m in modules.items() if isinstance(m, nn.Linear | nn.Conv2d)][:6]
-        raise ValueError(f"no module name matches {patterns}; layer names look like {candidates}")
+        raise ConfigError(f"no module name matches {patterns}; layer names look like {candidates}")
     for name in names:
         if isinstance(modules[name], SubspaceLayer):
             raise ValueError(f"{name} is already a SubspaceLayer")
