@@ -38,6 +38,14 @@ class Artifact(NamedTuple):
         return str(Path(self.file).with_suffix(".png"))
 
 
+class Activity(NamedTuple):
+    """A run value (its :mod:`bench.metric_keys` key) that says how much of a method acted, shown under ``header``
+    beside the method's ablation table (mean over seeds)."""
+
+    key: str
+    header: str
+
+
 class Adapter(nn.Module):
     """A backbone adapted by a method; the default is full fine-tuning with cross-entropy.
 
@@ -46,6 +54,8 @@ class Adapter(nn.Module):
 
     artifacts: ClassVar[tuple[Artifact, ...]] = ()
     """The files :meth:`diagnostics` may write for the report's figures (its registration passes them on)."""
+    activity: ClassVar[tuple[Activity, ...]] = ()
+    """The run values the report shows beside its ablations (its registration passes them on)."""
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()

@@ -65,7 +65,8 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The fine-tuning strategy: a registered name plus options checked against that method's own dataclass."""
+    """The fine-tuning strategy: a registered name plus options checked against that method's own dataclass; full
+    fine-tuning unless named (:data:`bench.registry.BASELINE`)."""
 
     name: str = "full-ft"
     options: dict[str, Any] = field(default_factory=dict)

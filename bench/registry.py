@@ -14,15 +14,17 @@ from typing import Any, Generic, TypeVar
 
 from torch import nn
 
-from bench.adapter import Adapter, Artifact
+from bench.adapter import Activity, Adapter, Artifact
+from bench.config import MethodConfig
 from bench.errors import ConfigError
 from bench.options import MethodOptions
 from bench.schema import build_dataclass
 
 Opts = TypeVar("Opts", bound=MethodOptions)
 Builder = Callable[[nn.Module, Opts], Adapter]
-BASELINE = "full-ft"
-"""The method others are measured against where one is needed: ``bench perf``'s ratios, a grid's default method."""
+BASELINE = MethodConfig.name
+"""The method a config runs unless it names one (full fine-tuning), and the one others are measured against where one
+is needed: ``bench perf``'s ratios, a grid's default method."""
 
 
 class UnsupportedBackbone(ConfigError):
@@ -37,7 +39,8 @@ class Method(Generic[Opts]):
 
     ``parent`` is the method a variant presets; a variant named ``<parent>/<what>`` is an ablation of it
     (:attr:`ablates`). ``artifacts`` are the diagnostics files its adapter writes for the report's figures,
-    ``perf_rows`` the rows ``bench perf`` measures of it by default (``name[:key=value...]``).
+    ``perf_rows`` the rows ``bench perf`` measures of it by default (``name[:key=value...]``), ``activity`` the run
+    values shown beside its ablations.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Method(Generic[Opts]):
     parent: str = ""
     artifacts: tuple[Artifact, ...] = ()
     perf_rows: tuple[str, ...] = ()
+    activity: tuple[Activity, ...] = ()
 
     @property
     def ablates(self) -> str:
@@ -94,18 +98,19 @@ def register_method(
     limits: str = "",
     artifacts: tuple[Artifact, ...] = (),
     perf_rows: tuple[str, ...] | None = None,
+    activity: tuple[Activity, ...] = (),
     **preset: Any,
 ) -> Callable[[Builder[Opts]], Builder[Opts]]:
     """Decorator registering ``build(backbone, options) -> Adapter`` under ``name``, ``options`` (a dataclass
     subclassing :class:`~bench.options.MethodOptions`) being the type ``build`` takes; duplicates are an error.
 
-    ``artifacts``: its adapter's (:attr:`Adapter.artifacts`); ``perf_rows``: ``bench perf``'s default rows of it
-    (``(name,)`` unless given).
+    ``artifacts`` and ``activity``: its adapter's (:attr:`Adapter.artifacts`, :attr:`Adapter.activity`);
+    ``perf_rows``: ``bench perf``'s default rows of it (``(name,)`` unless given).
     """
 
     def decorator(build: Builder[Opts]) -> Builder[Opts]:
         rows = (name,) if perf_rows is None else perf_rows
-        add_method(Method(name, summary, options, build, dict(preset), limits, artifacts=artifacts, perf_rows=rows))
+        add_method(Method(name, summary, options, build, dict(preset), limits, "", artifacts, rows, activity))
         return build
 
     return decorator
@@ -117,7 +122,7 @@ def register_variant(
     """Register ``base``'s builder with some options fixed under ``name``: an ablation of ``base`` when named
     ``<base>/<what>`` (e.g. ``masm/no-mask``), else a method of its own (e.g. ``dora`` of ``lora``).
 
-    It writes ``base``'s artifacts; ``bench perf`` measures it by default unless it is an ablation (or
+    It writes ``base``'s artifacts and activity; ``bench perf`` measures it by default unless it is an ablation (or
     ``perf_rows`` says otherwise).
 
     Raises:
@@ -129,7 +134,11 @@ def register_variant(
     rows = ((name,) if "/" not in name else ()) if perf_rows is None else perf_rows
     preset = {**parent.preset, **preset}
     limits = limits or parent.limits
-    add_method(Method(name, summary, parent.options, parent.build, preset, limits, base, parent.artifacts, rows))
+    add_method(
+        Method(
+            name, summary, parent.options, parent.build, preset, limits, base, parent.artifacts, rows, parent.activity
+        )
+    )
 
 
 def add_method(method: Method[Any]) -> None:
@@ -176,6 +185,15 @@ def artifacts(names: Iterable[str]) -> list[Artifact]:
         if name in wanted:
             found.update({a.file: a for a in _METHODS[name].artifacts if a.file not in found})
     return list(found.values())
+
+
+def activity() -> dict[str, str]:
+    """Every registered method's :class:`~bench.adapter.Activity`, key -> header, each key once, in the order of
+    sorted names."""
+    found: dict[str, str] = {}
+    for name in list_methods():
+        found.update({a.key: a.header for a in _METHODS[name].activity if a.key not in found})
+    return found
 
 
 def perf_rows() -> list[str]:

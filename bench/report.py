@@ -28,7 +28,7 @@ from scipy.stats import t as student_t
 from bench import figures, registry
 from bench.adapter import Artifact
 from bench.errors import InputError
-from bench.metric_keys import DIAG, LAST, SELECTED, TRAIN, VAL, ResultKey, RobustKey, grouped
+from bench.metric_keys import DIAG, LAST, SELECTED, VAL, ResultKey, RobustKey, grouped
 from bench.metrics import bootstrap_aucs, delong_difference, delong_p, stratified_draws
 
 METRICS = ("auc", "eer", "ap", "acc", "video_auc", "video_eer", "auc_lo", "auc_hi", "video_auc_lo", "video_auc_hi")
@@ -49,14 +49,6 @@ TUNE = "tags.tune"
 COLUMN = "metrics."  # what MLflow's runs frame puts before a run's value name
 VALIDATION = COLUMN + grouped(VAL, "auc")  # the only number a tune value is chosen on
 TUNING_COLUMNS = ["label", "train_set", "tune", *STATS, "kept"]
-ACTIVITY = (  # run metrics shown beside the ablations (mean over seeds): name -> column header
-    (grouped(DIAG, "masked_fraction"), "masked"),
-    (grouped(TRAIN, "orth"), "orth"),
-    (grouped(TRAIN, "spec"), "spec"),
-    (grouped(DIAG, "routed_loss_spread"), "routed spread"),
-    (grouped(DIAG, "factor_drift"), "factor drift"),
-    (grouped(DIAG, "diversity_mean"), "diversity"),
-)
 ALPHA = 0.05
 PAPER_COLUMNS = {
     "celebdf-v1": "CDF-v1",
@@ -394,9 +386,9 @@ def heatmap(table: pd.DataFrame, out: Path, title: str) -> Path:
 
 def run_index(runs: pd.DataFrame) -> pd.DataFrame:
     """``label, seed, train_set, run_id`` of the finished runs, with ``drift`` (the mean semantic drift) and the
-    :data:`ACTIVITY` metrics (named without ``metrics.``) where logged."""
+    methods' activity values (:func:`bench.registry.activity`, named without ``metrics.``) where logged."""
     runs = _finished(runs)
-    logged = {METHOD: "method", DRIFT: "drift", **{COLUMN + name: name for name, _ in ACTIVITY}}
+    logged = {METHOD: "method", DRIFT: "drift", **{COLUMN + key: key for key in registry.activity()}}
     columns = {**RUN_COLUMNS, "run_id": "run_id", **{c: name for c, name in logged.items() if c in runs}}
     return runs.rename(columns=columns)[list(columns.values())].astype({"seed": int}).reset_index(drop=True)
 
@@ -573,7 +565,7 @@ def ablation_table(
         long: the output of :func:`collect`.
         pvalues: the output of :func:`ablation_pvalues`.
         reference: the full method.
-        activity: per label (index), run metrics to show beside (columns named as in :data:`ACTIVITY`).
+        activity: per label (index), run values to show beside (columns named by their keys).
 
     Returns:
         A tidy frame, one row per label and column of :func:`cross_dataset_table`: ``label, column, mean, std, n,
@@ -623,7 +615,7 @@ def format_ablation(tidy: pd.DataFrame, fmt: str) -> tuple[str, str]:
     latex = fmt == "latex"
     escape = _latex_escape if latex else str
     columns = list(dict.fromkeys(tidy["column"]))
-    activity = [(name, header) for name, header in ACTIVITY if name in tidy]
+    activity = [(key, header) for key, header in _activity_headers(tidy["label"].iloc[0]).items() if key in tidy]
     by_label = {label: rows.set_index("column") for label, rows in tidy.groupby("label", sort=False)}
     means = [[escape(c) for c in ["method", *columns, "seeds", *(header for _, header in activity)]]]
     pvalues = [[escape(c) for c in ["method", *columns[:-1]]]]
@@ -724,10 +716,15 @@ def _score_frames(
     return frames
 
 
-def _activity(index: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
-    """The mean over seeds per label of the :data:`ACTIVITY` metrics that some of ``labels`` logged."""
+def _activity_headers(reference: str) -> dict[str, str]:
+    """The activity values ``reference`` declares (:attr:`bench.adapter.Adapter.activity`): key -> column header."""
+    return {a.key: a.header for a in registry.get_method(reference).activity}
+
+
+def _activity(index: pd.DataFrame, labels: Sequence[str], reference: str) -> pd.DataFrame:
+    """The mean over seeds per label of the activity values of ``reference`` that some of ``labels`` logged."""
     rows = index[index["label"].isin(labels)]
-    logged = [name for name, _ in ACTIVITY if name in rows and rows[name].notna().any()]
+    logged = [key for key in _activity_headers(reference) if key in rows and rows[key].notna().any()]
     return rows.groupby("label")[logged].mean()
 
 
@@ -750,7 +747,7 @@ def _ablation_section(long: pd.DataFrame, index: pd.DataFrame, scores: ScoreFile
     lines: list[str] = []
     for reference, labels in ablation_groups(long["label"].unique()).items():
         pvalues = ablation_pvalues({key: frame for key, frame in scores.items() if key[0] in labels}, reference)
-        tidy = ablation_table(long, pvalues, reference, activity=_activity(index, labels))
+        tidy = ablation_table(long, pvalues, reference, activity=_activity(index, labels, reference))
         tidies.append(tidy.assign(reference=reference))
         latex += format_ablation(tidy, "latex")
         lines += _ablation_lines(reference, tidy)
@@ -763,7 +760,7 @@ def _ablation_section(long: pd.DataFrame, index: pd.DataFrame, scores: ScoreFile
 def _ablation_lines(reference: str, tidy: pd.DataFrame) -> list[str]:
     """The report section of one reference's :func:`ablation_table`."""
     means, pvalues = format_ablation(tidy, "markdown")
-    activity = ", ".join(f"`{header}` ({name})" for name, header in ACTIVITY if name in tidy)
+    activity = ", ".join(f"`{header}` ({key})" for key, header in _activity_headers(reference).items() if key in tidy)
     return [
         "",
         f"## Ablations of `{reference}` (video AUC, validation-selected checkpoint){_seeds_note(tidy['n'])}",

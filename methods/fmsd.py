@@ -167,6 +167,7 @@ def _draw_selection(layers: list[str], scores: np.ndarray, chosen: np.ndarray, r
     FMSDOptions,
     "MASM v3 (our reading): select layers by gradient bias^2/variance, then subspaces",
     artifacts=FMSD.artifacts,
+    activity=FMSD.activity,
     perf_rows=(),  # its layers are chosen from training batches, which `bench perf` does not prepare
 )
 def build(backbone: nn.Module, options: FMSDOptions) -> Adapter:

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench import distributed, figures
-from bench.adapter import Adapter, Artifact
+from bench.adapter import Activity, Adapter, Artifact
 from bench.backbone import classifier
 from bench.diagnostics import pairwise_angles, weight_report
 from bench.errors import ConfigError
+from bench.metric_keys import DIAG, TRAIN, grouped
 from bench.options import MethodOptions, bound, per_forgery_method
 from bench.registry import register_method, register_variant
 from bench.schema import check_choice
@@ -129,6 +130,14 @@ class MASM(Adapter):
     """The backbone with SVD subspace layers, routing, masks and constraints."""
 
     artifacts = (SPECTRA, MASK_HISTORY)  # the mask history only where a mask ran
+    activity = (
+        Activity(grouped(DIAG, "masked_fraction"), "masked"),
+        Activity(grouped(TRAIN, "orth"), "orth"),
+        Activity(grouped(TRAIN, "spec"), "spec"),
+        Activity(grouped(DIAG, "routed_loss_spread"), "routed spread"),
+        Activity(grouped(DIAG, "factor_drift"), "factor drift"),
+        Activity(grouped(DIAG, "diversity_mean"), "diversity"),
+    )
     mask: Tensor
     loss_ema: Tensor
     active: Tensor
@@ -355,6 +364,7 @@ PERF_ROWS = (  # the low-rank path without routing, and dense W_eff (Effort's wa
     "multi-artifact SVD subspaces, routing by forgery method, layer masks, constraints",
     artifacts=MASM.artifacts,
     perf_rows=PERF_ROWS,
+    activity=MASM.activity,
 )
 def build(backbone: nn.Module, options: MASMOptions) -> Adapter:
     return MASM(backbone, options)

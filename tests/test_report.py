@@ -17,8 +17,9 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from bench import figures, registry
-from bench.adapter import Artifact
+from bench.adapter import Activity, Artifact
 from bench.metrics import binary_metrics, delong_difference, delong_test
+from bench.options import MethodOptions
 from bench.registry import list_methods, register_method, register_variant
 from bench.report import (
     BOOTSTRAP,
@@ -635,13 +636,13 @@ def test_ablation_states_the_detectable_difference_and_run_activity(paper_report
 def test_a_new_method_gets_its_ablation_table_and_figures(
     tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A method registered here, `foo`, with an ablation `foo/bar` and an artifact of its own: the report draws them
-    as it does MASM's (the runs score like masm and masm/no-mask, and also hold MASM's files, which foo does not
-    declare)."""
+    """A method registered here, `foo`, with an ablation `foo/bar`, an artifact and an activity value of its own: the
+    report draws them as it does MASM's (the runs score like masm and masm/no-mask, and also hold MASM's files and
+    values, which foo does not declare)."""
     import mlflow
 
     @dataclass
-    class FooOptions:
+    class FooOptions(MethodOptions):
         pass
 
     def draw(arrays: Mapping[str, Mapping[str, np.ndarray]], out: Path) -> Path:
@@ -654,7 +655,10 @@ def test_a_new_method_gets_its_ablation_table_and_figures(
     trace = Artifact("foo_trace.npz", draw, "Foo's trace (first seed)")
     list_methods()  # the built-in methods first, so that the copy restored after the test holds them
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    register_method("foo", FooOptions, "a throwaway method", artifacts=(trace,))(lambda backbone, options: None)
+    orth = Activity("train/orth", "foo's orth")
+    register_method("foo", FooOptions, "a throwaway method", artifacts=(trace,), activity=(orth,))(
+        lambda backbone, options: None
+    )
     register_variant("foo/bar", "foo", "its ablation")
 
     client = mlflow.MlflowClient(tracking_uri)
@@ -678,6 +682,8 @@ def test_a_new_method_gets_its_ablation_table_and_figures(
     assert table.loc[("foo/bar", "dfd"), "p"] == pytest.approx(_stouffer_by_hand("dfd"))
     markdown = (out / "report.md").read_text()
     assert "## Ablations of `foo` (video AUC, validation-selected checkpoint)" in markdown
+    assert "`foo's orth` (train/orth)" in markdown and "diag/masked_fraction" not in table.columns  # masm's
+    assert table.loc[("foo/bar", "dfd"), "train/orth"] == pytest.approx(np.mean([0.03 * (1 + s) for s in SEEDS]))
     assert drawn == {"foo": 0, "foo/bar": 0}  # the first seed of each label
     for name, caption in (
         ("ablation_bars.png", "Cross-dataset AUC of `foo` and its ablations"),
