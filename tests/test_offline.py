@@ -15,6 +15,7 @@ from bench.data.forgeries import DEFAULT_SEVERITY
 from bench.data.offline import OfflineSpec, Tile, generate
 from bench.data.perturb import degrade
 from bench.data.preview import preview
+from bench.errors import InputError
 
 SPEC = OfflineSpec(
     sources="train", families=["blend", "noise", "colour"], videos={"train": 5, "val": 2, "test": 3}, frames=3, size=32
@@ -187,8 +188,9 @@ def test_a_truncated_or_altered_set_is_found_and_regenerated(card: Path, tmp_pat
 
 def test_refuses_to_overwrite_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("keep")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError) as err:
         generate(SPEC, tmp_path, progress=False)
+    assert isinstance(err.value, InputError)  # the CLI's one error: line, not a traceback
     assert (tmp_path / "mine.txt").read_text() == "keep"
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from bench.data.forgeries import DEFAULT_SEVERITY, FAMILIES
 from bench.data.perturb import degrade
-from bench.errors import ConfigError
+from bench.errors import ConfigError, DataError
 from bench.locks import locked
 
 GENERATOR_VERSION = 2
@@ -42,6 +42,10 @@ FACE_SIDE = 100
 """LFW faces (25 px) are upscaled to this side; each face is one tile."""
 MIN_STD = 0.03
 """Tiles whose grey values vary less than this (flat background) are skipped."""
+
+
+class ForeignFolder(DataError, FileExistsError):
+    """The generator's output folder holds files it did not write (an input error, and a ``FileExistsError``)."""
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -321,7 +325,7 @@ def generate(spec: OfflineSpec, out: Path, progress: bool = True) -> Path:
         if _complete(out, record):  # made by another process while this one waited
             return out
         if out.exists() and not (out / MARKER).is_file() and any(out.iterdir()):
-            raise FileExistsError(
+            raise ForeignFolder(
                 f"{out} exists and was not made by the offline generator; remove it or pick another root"
             )
         partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
