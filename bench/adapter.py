@@ -65,13 +65,13 @@ class Adapter(nn.Module):
         """Two-class logits."""
         return self.backbone(images)
 
-    def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, images: Tensor, labels: Tensor, forgeries: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and named, detached parts to log.
 
         Args:
             images: a batch of normalised images.
             labels: 0 real, 1 fake.
-            methods: index of each fake's forgery method in the training card's list, -1 for reals.
+            forgeries: index of each fake's forgery method in the training card's list, -1 for reals.
         """
         ce = F.cross_entropy(self(images), labels)
         return ce, {"ce": ce.detach()}
@@ -99,7 +99,7 @@ class Adapter(nn.Module):
         """Set-up that needs data, once, before the optimizer is built (default: none).
 
         Args:
-            batches: ``batches(n)`` yields ``n`` training batches (``image``, ``label``, ``method`` on the model's
+            batches: ``batches(n)`` yields ``n`` training batches (``image``, ``label``, ``forgery`` on the model's
                 device), drawn apart from the training stream.
             saved: the :meth:`checkpoint_state` a resumed run will load, whose choices must be reused, not made
                 again; ``None`` on a fresh start.

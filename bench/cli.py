@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data set tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     add_data_commands(data_sub)
-    preview = data_sub.add_parser("preview", help="write a PNG grid of real and fake samples per method")
+    preview = data_sub.add_parser("preview", help="write a PNG grid of real and fake samples per forgery method")
     preview.add_argument("card")
     preview.add_argument("--split", default="test")
     preview.add_argument("--root", default="data", help="data root")
@@ -358,7 +358,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     frames = split_frames(card, args.split, args.root, frames_per_video=1000)
     groups: dict[str, list] = {}
     for frame in frames:
-        groups.setdefault(frame.method, []).append(frame.path)
+        groups.setdefault(frame.forgery, []).append(frame.path)
     drawn_as = [x for x in (args.synthesis if args.synthesis != "none" else "", args.augment or "") if x]
     out = Path(args.out or f"results/preview-{'-'.join([card.name, *drawn_as])}.png")
     if drawn_as:

@@ -93,8 +93,8 @@ class LossModule(nn.Module):
         super().__init__()
         self.adapter = adapter
 
-    def forward(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.adapter.training_loss(images, labels, methods)
+    def forward(self, images: Tensor, labels: Tensor, forgeries: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.adapter.training_loss(images, labels, forgeries)
 
 
 def loss_module(adapter: Adapter, device: torch.device) -> nn.Module:

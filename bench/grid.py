@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.config import MethodConfig, RunConfig, build_config, merge, nested, parse_set
 from bench.data.cards import load_card
-from bench.data.synthesis import training_methods
+from bench.data.synthesis import training_forgeries
 from bench.errors import ConfigError
 from bench.recipes import load_recipe
 from bench.registry import BASELINE, get_method
@@ -166,8 +166,8 @@ def expand(spec: GridSpec, sets: list[str] | tuple[str, ...] = (), where: str = 
 def resolve_config(cfg: RunConfig) -> RunConfig:
     """``cfg`` with its method options checked and completed (defaults, and what depends on the training card's
     forgery methods or on the run's length), so that equal runs hash equal."""
-    methods = training_methods(load_card(cfg.data.train).methods, cfg.data.synthesis)
-    options = get_method(cfg.method.name).resolve(cfg.method.options, methods, cfg.train.total_steps)
+    forgeries = training_forgeries(load_card(cfg.data.train).forgeries, cfg.data.synthesis)
+    options = get_method(cfg.method.name).resolve(cfg.method.options, forgeries, cfg.train.total_steps)
     return dataclasses.replace(cfg, method=MethodConfig(cfg.method.name, dataclasses.asdict(options)))
 
 

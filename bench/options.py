@@ -14,8 +14,8 @@ DEFAULT_K = 4
 class MethodOptions:
     """Base of every method's options dataclass; its fields are the method's config keys."""
 
-    def bind(self, forgery_methods: Sequence[str] | None) -> None:
-        """Complete the options that depend on the training card's ``forgery_methods`` (``None`` outside a run:
+    def bind(self, forgeries: Sequence[str] | None) -> None:
+        """Complete the options that depend on the training card's ``forgeries`` (``None`` outside a run:
         defaults stand in); check those against it. Nothing by default."""
 
     def bind_steps(self, total_steps: int | None) -> None:
@@ -23,10 +23,10 @@ class MethodOptions:
         size of the data); called in a run only. Nothing by default."""
 
 
-def per_forgery_method(value: int | None, forgery_methods: Sequence[str] | None) -> int:
+def per_forgery(value: int | None, forgeries: Sequence[str] | None) -> int:
     """``value``, or one per training forgery method when it is ``None`` (:data:`DEFAULT_K` outside a run): the
     default of MASM's K and of the matched ranks of LoRA, AdaLoRA and OSF."""
-    return value if value is not None else len(forgery_methods or ()) or DEFAULT_K
+    return value if value is not None else len(forgeries or ()) or DEFAULT_K
 
 
 def bound(value: int | None, key: str) -> int:

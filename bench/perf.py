@@ -4,7 +4,7 @@ Every row is measured in its own fresh process (``python -m bench.perf --worker 
 leak into each other, and the rows are interleaved over the repeats (A B C ... A B C) so drift of a shared machine
 hits all alike. A worker times the loop's own training step (:class:`bench.step.Step` at the default optimizer
 settings: ``training_loss`` under autocast, backward, the adapter's hooks, clipping, the optimizer) on synthetic
-batches of reals and fakes of :data:`K_METHODS` forgery methods, so routing and the constraints run as in training.
+batches of reals and fakes of :data:`K_FORGERIES` forgery methods, so routing and the constraints run as in training.
 It then times evaluation under ``evaluating()`` (merged weights) and, in the same process and batch for batch in
 turn, the plain backbone's.
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from bench.adapter import Adapter
     from bench.step import Batch
 
-K_METHODS = 4
+K_FORGERIES = 4
 """Forgery methods in the synthetic batches (FaceForensics++'s four); MASM gets one subspace each."""
 
 PROFILE_STEPS = 3
@@ -183,13 +183,13 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def _resolve(spec: str, total_steps: int) -> tuple[Any, Any]:
-    """The registered method of a row and its options, bound to :data:`K_METHODS` forgery methods and a run of
+    """The registered method of a row and its options, bound to :data:`K_FORGERIES` forgery methods and a run of
     ``total_steps`` steps."""
     from bench.registry import get_method
 
     name, overrides = parse_method(spec)
     method = get_method(name)
-    return method, method.resolve(overrides, [f"method{k}" for k in range(K_METHODS)], total_steps)
+    return method, method.resolve(overrides, [f"forgery{k}" for k in range(K_FORGERIES)], total_steps)
 
 
 # ------------------------------------------------------------------------------------------------ worker processes
@@ -202,14 +202,14 @@ def _rss_mb() -> float:
 
 
 def synthetic_batch(batch_size: int, size: int, device: torch.device) -> Batch:
-    """Random images, reals and fakes alternating, the fakes cycling over :data:`K_METHODS` forgery methods."""
+    """Random images, reals and fakes alternating, the fakes cycling over :data:`K_FORGERIES` forgery methods."""
     import torch
 
     index = torch.arange(batch_size)
     labels = index % 2
-    methods = torch.where(labels == 1, (index // 2) % K_METHODS, -1)
+    forgeries = torch.where(labels == 1, (index // 2) % K_FORGERIES, -1)
     images = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return {"image": images.to(device), "label": labels.to(device), "method": methods.to(device)}
+    return {"image": images.to(device), "label": labels.to(device), "forgery": forgeries.to(device)}
 
 
 def _times(fns: Sequence[Callable[[], object]], warmup: int, steps: int, sync: Callable[[], None]) -> list[list[float]]:
@@ -410,8 +410,8 @@ def measure_loader(s: Settings) -> dict[str, Any]:
     defaults = DataConfig()
     card = load_card(s.card)
     frames = split_frames(card, "train", s.data_root, defaults.frames_per_video)
-    dataset = FrameDataset(frames, data["input_size"][-1], data["mean"], data["std"], card.methods)
-    groups = group_indices(frames, card.methods, defaults.balanced)
+    dataset = FrameDataset(frames, data["input_size"][-1], data["mean"], data["std"], card.forgeries)
+    groups = group_indices(frames, card.forgeries, defaults.balanced)
     warmup = max(1, s.loader_workers)  # the workers' start-up
     sampler = StepSampler(groups, s.batch_size, 0, 0, warmup + s.loader_batches)
     batches = iter(train_loader(dataset, sampler, s.loader_workers, 0, pin=s.device == "cuda"))
@@ -470,7 +470,7 @@ def check_loader_batch(s: Settings) -> None:
 
     card = load_card(s.card)
     try:
-        group_shares(s.batch_size, len(card.methods) + 1)
+        group_shares(s.batch_size, len(card.forgeries) + 1)
     except ValueError as err:
         raise ConfigError(f"--batch-size {s.batch_size}: {err} of card {card.name!r}; raise --batch-size") from None
 

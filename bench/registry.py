@@ -62,22 +62,22 @@ class Method(Generic[Opts]):
     def resolve(
         self,
         overrides: dict[str, Any] | None = None,
-        forgery_methods: Sequence[str] | None = None,
+        forgeries: Sequence[str] | None = None,
         total_steps: int | None = None,
     ) -> Opts:
         """The options dataclass with the preset, then ``overrides``, applied, checked and bound.
 
-        A run gives ``forgery_methods`` and, where its config fixes it, its number of optimizer steps. Options that
+        A run gives ``forgeries`` and, where its config fixes it, its number of optimizer steps. Options that
         depend on the training data (:meth:`~bench.options.MethodOptions.bind`, e.g. MASM's number of subspaces) are
-        completed from the first, defaults standing in outside a run (no ``forgery_methods``); options that depend on
+        completed from the first, defaults standing in outside a run (no ``forgeries``); options that depend on
         the run's length (:meth:`~bench.options.MethodOptions.bind_steps`, e.g. AdaLoRA's rank schedule) from the
         second in a run only, ``None`` when the config leaves it to the data.
         """
         values = {**self.preset, **(overrides or {})}
         try:
             options: Opts = build_dataclass(self.options, values, "method.options", "config")
-            options.bind(forgery_methods)
-            if forgery_methods is not None:
+            options.bind(forgeries)
+            if forgeries is not None:
                 options.bind_steps(total_steps)
         except ConfigError as err:
             raise ConfigError(f"{err} (method '{self.name}')") from None

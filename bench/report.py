@@ -414,6 +414,13 @@ def _quiet_downloads() -> Iterator[None]:
             os.environ[PROGRESS_BAR] = previous
 
 
+def read_scores(path: Path) -> pd.DataFrame:
+    """A score file: ``video, label, forgery, score, path`` per frame (the forgery column is ``method`` in the files
+    of earlier runs)."""
+    frame = pd.read_csv(path, dtype={"video": str, "forgery": str, "method": str, "path": str})
+    return frame.rename(columns={"method": "forgery"})
+
+
 class Artifacts:
     """Run artifacts, each downloaded on first use into a scratch folder; a missing artifact is ``None``."""
 
@@ -439,9 +446,9 @@ class Artifacts:
         return local
 
     def scores(self, run_id: str, test_set: str, checkpoint: str = SELECTED) -> pd.DataFrame | None:
-        """The per-frame scores ``video, label, method, score, path`` of one test set, or None."""
+        """The per-frame scores of one test set (:func:`read_scores`), or None."""
         local = self.get(run_id, f"scores/{checkpoint}/{test_set}.csv")
-        return None if local is None else pd.read_csv(local, dtype={"video": str, "method": str, "path": str})
+        return None if local is None else read_scores(local)
 
     def results(self, run_id: str) -> dict[str, float] | None:
         """Every value the run's training returned (its ``metrics.json``), or None."""

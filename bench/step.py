@@ -21,8 +21,8 @@ from bench.config import OptimConfig
 from bench.slot_optim import SlotAdamW
 
 Batch = Mapping[str, Tensor]
-"""A training batch: ``image``, ``label`` and ``method`` (the forgery method's index, -1 for reals)."""
-BATCH_KEYS = ("image", "label", "method")
+"""A training batch: ``image``, ``label`` and ``forgery`` (the forgery method's index, -1 for reals)."""
+BATCH_KEYS = ("image", "label", "forgery")
 
 
 class TrainingError(RuntimeError):
@@ -102,11 +102,11 @@ def backward(loss_fn: LossFn | nn.Module, batch: Batch, amp: bool = True, parts:
     loss and its named parts, detached, on the device.
 
     Args:
-        loss_fn: ``(images, labels, methods) -> (loss, parts)``, e.g. an adapter's ``training_loss``.
+        loss_fn: ``(images, labels, forgeries) -> (loss, parts)``, e.g. an adapter's ``training_loss``.
     """
     images = batch["image"]
     with autocast(images.device, amp):
-        loss, named = loss_fn(images, batch["label"], batch["method"])
+        loss, named = loss_fn(images, batch["label"], batch["forgery"])
     (loss / parts).backward()
     return {"loss": loss.detach(), **{k: v.detach() for k, v in named.items()}}
 
@@ -132,7 +132,7 @@ class Step:
         device: where batches go.
         amp: bf16 autocast on CUDA.
         grad_clip: clip the global gradient norm to this (None: no clipping).
-        loss: computes ``(loss, parts)`` from images, labels and methods; the adapter's ``training_loss`` when None
+        loss: computes ``(loss, parts)`` from images, labels and forgeries; the adapter's ``training_loss`` when None
             (a distributed wrapper otherwise).
         compiled: capture :meth:`update` as one graph.
     """

@@ -33,11 +33,11 @@ from bench.data.cards import Card, open_card
 from bench.data.catalog import redrawn, split_frames
 from bench.data.frames import Frame
 from bench.data.loader import FrameDataset, FrameLoader, StepSampler, eval_loader, group_indices, train_loader
-from bench.data.synthesis import synthetic_split, training_methods
+from bench.data.synthesis import synthetic_split, training_forgeries
 from bench.diagnostics import LAYER_TABLE, write_layer_table
 from bench.metrics import binary_metrics
 from bench.registry import get_method
-from bench.step import Step, TrainingError, autocast
+from bench.step import BATCH_KEYS, Step, TrainingError, autocast
 
 LogFn = Callable[[dict[str, float], int], None]
 LAST, BEST = "last.pt", "best.pt"
@@ -52,9 +52,9 @@ PREPARATION_SEED = 1_000_003
 
 @dataclass
 class Splits:
-    """The frames a run uses: training, validation and one test split per test card."""
+    """The frames a run uses: the training forgery methods, training, validation and one test split per test card."""
 
-    methods: list[str]
+    forgeries: list[str]
     train: list[Frame]
     val: list[Frame]
     tests: dict[str, list[Frame]]
@@ -87,14 +87,14 @@ def load_splits(cfg: RunConfig) -> Splits:
     train = frames(train_card, "train")
     if data.synthesis != "none":
         train = synthetic_split(train, data.synthesis)
-    methods = training_methods(train_card.methods, data.synthesis)
-    return Splits(methods, train, frames(train_card, train_card.validation), tests)
+    forgeries = training_forgeries(train_card.forgeries, data.synthesis)
+    return Splits(forgeries, train, frames(train_card, train_card.validation), tests)
 
 
-def build_model(cfg: RunConfig, forgery_methods: list[str]) -> tuple[Adapter, dict]:
+def build_model(cfg: RunConfig, forgeries: list[str]) -> tuple[Adapter, dict]:
     """The backbone adapted by the configured method, and the backbone's data config."""
     method = get_method(cfg.method.name)
-    options = method.resolve(cfg.method.options, forgery_methods)
+    options = method.resolve(cfg.method.options, forgeries)
     backbone = create_backbone(cfg.model, cfg.train.seed)
     data = data_config(backbone, cfg.model)
     return method.build(backbone, options), data
@@ -115,9 +115,9 @@ def write_scores(path: Path, frames: list[Frame], scores: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["video", "label", "method", "score", "path"])
+        writer.writerow(["video", "label", "forgery", "score", "path"])
         for frame, score in zip(frames, scores, strict=True):
-            writer.writerow([frame.video, frame.label, frame.method, f"{score:.8f}", frame.path])
+            writer.writerow([frame.video, frame.label, frame.forgery, f"{score:.8f}", frame.path])
 
 
 class Evaluator:
@@ -215,15 +215,15 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     splits = load_splits(cfg)
-    model, data = build_model(cfg, splits.methods)
+    model, data = build_model(cfg, splits.forgeries)
     model.to(device=device, memory_format=memory_format(model))  # type: ignore[call-overload]  # speed only
 
     size, mean, std = data["input_size"][-1], data["mean"], data["std"]
     augment = Augment(cfg.data.augment)
     train_set = FrameDataset(
-        splits.train, size, mean, std, splits.methods, augment=augment, synthesis=cfg.data.synthesis
+        splits.train, size, mean, std, splits.forgeries, augment=augment, synthesis=cfg.data.synthesis
     )
-    groups = group_indices(splits.train, splits.methods, cfg.data.balanced)
+    groups = group_indices(splits.train, splits.forgeries, cfg.data.balanced)
     micro, accumulate = cfg.train.batch_size, cfg.optim.accumulate
     steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(splits.train) / (micro * accumulate))
     total = cfg.train.epochs * steps_per_epoch
@@ -242,7 +242,7 @@ def train(cfg: RunConfig, run_dir: Path, log: LogFn | None = None, stop_after: i
         """``n`` training batches from a stream of their own (the training stream stays as it is)."""
         sampler = StepSampler(groups, micro, cfg.train.seed + PREPARATION_SEED, 0, n)
         for batch in train_loader(train_set, sampler, 0, cfg.train.seed, False, cfg.data.max_bad_fraction):
-            yield {k: batch[k].to(device) for k in ("image", "label", "method")}
+            yield {k: batch[k].to(device) for k in BATCH_KEYS}
 
     model.prepare(preparation, None if state is None else state["model"])
     model.to(device=device, memory_format=memory_format(model))  # type: ignore[call-overload]  # what prepare added

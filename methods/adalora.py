@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from bench.adapter import Adapter
 from bench.errors import ConfigError
-from bench.options import MethodOptions, bound, per_forgery_method
+from bench.options import MethodOptions, bound, per_forgery
 from bench.registry import register_method
 from bench.targets import resolve_targets
 from methods.peft_tuning import PeftAdapter
@@ -83,8 +83,8 @@ class AdaLoRAOptions(MethodOptions):
             raise ConfigError("method.options: delta_t must be at least 1 and orth_reg_weight at least 0")
         self.schedule()
 
-    def bind(self, forgery_methods: Sequence[str] | None) -> None:
-        self.rank = per_forgery_method(self.rank, forgery_methods)
+    def bind(self, forgeries: Sequence[str] | None) -> None:
+        self.rank = per_forgery(self.rank, forgeries)
 
     def bind_steps(self, total_steps: int | None) -> None:
         if self.total_step is not None:
@@ -150,8 +150,8 @@ class AdaLoRA(PeftAdapter):
         """The tuned layers, each ``B diag(E) A``."""
         return cast("dict[str, AdaLoraLayer]", self.tuned)
 
-    def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, parts = super().training_loss(images, labels, methods)
+    def training_loss(self, images: Tensor, labels: Tensor, forgeries: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, parts = super().training_loss(images, labels, forgeries)
         if not self.orth_weight:
             return loss, parts
         with torch.autocast(images.device.type, enabled=False):  # in the factors' precision, never bf16

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.options import MethodOptions, bound, per_forgery_method
+from bench.options import MethodOptions, bound, per_forgery
 from bench.registry import register_method, register_variant
 from bench.schema import check_choice
 from bench.targets import resolve_targets
@@ -44,8 +44,8 @@ class LoRAOptions(MethodOptions):
     def __post_init__(self) -> None:
         check_choice("method.options.init", self.init, tuple(INITS))
 
-    def bind(self, forgery_methods: Sequence[str] | None) -> None:
-        self.rank = per_forgery_method(self.rank, forgery_methods)
+    def bind(self, forgeries: Sequence[str] | None) -> None:
+        self.rank = per_forgery(self.rank, forgeries)
 
 
 class LoRA(PeftAdapter):

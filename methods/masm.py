@@ -27,7 +27,7 @@ from bench.backbone import classifier
 from bench.diagnostics import pairwise_angles, weight_report
 from bench.errors import ConfigError
 from bench.metric_keys import DIAG, TRAIN, grouped
-from bench.options import MethodOptions, bound, per_forgery_method
+from bench.options import MethodOptions, bound, per_forgery
 from bench.registry import register_method, register_variant
 from bench.schema import check_choice
 from bench.slot_optim import Slots
@@ -55,9 +55,9 @@ class MASMOptions(MethodOptions):
         targets: a preset (``attn``, ``mlp``, ``all``, ``effnet``), a regex over module names, or ``auto``
             (``attn`` for ViTs, ``effnet`` for EfficientNets).
         split_qkv: decompose the q, k and v blocks of a fused qkv projection separately.
-        routing: ``method`` (subspace k learns from reals + method-k fakes), ``balanced`` (the same, each real's
-            gradient shared equally by the K subspaces, so each learns from reals and fakes in the batch's proportion
-            rather than K times more from reals) or ``none``.
+        routing: ``method`` (subspace k learns from reals + fakes of forgery method k), ``balanced`` (the same,
+            each real's gradient shared equally by the K subspaces, so each learns from reals and fakes in the batch's
+            proportion rather than K times more from reals) or ``none``.
         mask: ``state``, ``gradsnr``, ``random`` or ``none``.
         mask_every: optimizer steps between mask refreshes.
         rho_max: largest fraction of layers frozen for a subspace (``state``, ``random``).
@@ -104,13 +104,13 @@ class MASMOptions(MethodOptions):
         if self.dense and self.routing != "none":
             raise ConfigError("method.options.dense needs routing: none (routing uses the low-rank forward)")
 
-    def bind(self, forgery_methods: Sequence[str] | None) -> None:
+    def bind(self, forgeries: Sequence[str] | None) -> None:
         """Fill ``K`` from the training card and check that routing has a subspace per forgery method."""
-        self.K = per_forgery_method(self.K, forgery_methods)
-        if forgery_methods is not None and self.routing != "none" and len(forgery_methods) != self.K:
+        self.K = per_forgery(self.K, forgeries)
+        if forgeries is not None and self.routing != "none" and len(forgeries) != self.K:
             raise ConfigError(
                 f"method.options.K={self.K} but routing: {self.routing} needs one subspace per training forgery method "
-                f"({len(forgery_methods)}: {', '.join(forgery_methods)}); set K to that or routing: none"
+                f"({len(forgeries)}: {', '.join(forgeries)}); set K to that or routing: none"
             )
 
 
@@ -190,18 +190,18 @@ class MASM(Adapter):
             for p in (group.u, group.s, group.v)
         }
 
-    def route(self, methods: Tensor) -> Tensor | None:
-        """(N, K) routing weights: a fake of method j reaches subspace j alone, a real every subspace (with weight
-        1, or 1/K under ``balanced``)."""
+    def route(self, forgeries: Tensor) -> Tensor | None:
+        """(N, K) routing weights: a fake of forgery method j reaches subspace j alone, a real every subspace (with
+        weight 1, or 1/K under ``balanced``)."""
         if self.options.routing == "none":
             return None
-        fake = (methods >= 0) & (methods < self.K)
-        onehot = methods[:, None] == torch.arange(self.K, device=methods.device)  # not F.one_hot: it syncs on CUDA
+        fake = (forgeries >= 0) & (forgeries < self.K)
+        onehot = forgeries[:, None] == torch.arange(self.K, device=forgeries.device)  # not F.one_hot: it syncs on CUDA
         real = 1 / self.K if self.options.routing == "balanced" else 1.0
         return torch.where(fake[:, None], onehot.float(), real)
 
-    def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        route = self.route(methods)
+    def training_loss(self, images: Tensor, labels: Tensor, forgeries: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        route = self.route(forgeries)
         with routing(self.layers, route), shared_factors(self.layers) as stacks:
             logits = self(images)
         per_sample = F.cross_entropy(logits, labels, reduction="none")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.adapter import Adapter
-from bench.options import MethodOptions, bound, per_forgery_method
+from bench.options import MethodOptions, bound, per_forgery
 from bench.registry import register_method
 from bench.targets import resolve_targets
 from methods.peft_tuning import PeftAdapter, linear_only
@@ -29,8 +29,8 @@ class OSFOptions(MethodOptions):
     rank: int | None = None
     targets: str = "auto"
 
-    def bind(self, forgery_methods: Sequence[str] | None) -> None:
-        self.rank = per_forgery_method(self.rank, forgery_methods)
+    def bind(self, forgeries: Sequence[str] | None) -> None:
+        self.rank = per_forgery(self.rank, forgeries)
 
 
 @register_method(

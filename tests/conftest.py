@@ -12,7 +12,7 @@ from PIL import Image
 
 from bench.config import RunConfig, build_config
 
-METHODS = ("alpha", "beta")
+FORGERIES = ("alpha", "beta")
 
 
 def write_folder_card(root: Path, videos: dict[str, int], frames: int = 3, size: int = 32, seed: int = 0) -> Path:
@@ -20,15 +20,15 @@ def write_folder_card(root: Path, videos: dict[str, int], frames: int = 3, size:
     rng = np.random.default_rng(seed)
     for split, n in videos.items():
         for v in range(n):
-            groups = [("real", 0)] + [(m, 1) for m in METHODS]
-            for method, label in groups:
-                folder = root / split / ("real" if label == 0 else f"fake/{method}") / f"{split}-{method}-{v}"
+            groups = [("real", 0)] + [(m, 1) for m in FORGERIES]
+            for forgery, label in groups:
+                folder = root / split / ("real" if label == 0 else f"fake/{forgery}") / f"{split}-{forgery}-{v}"
                 folder.mkdir(parents=True, exist_ok=True)
                 base = rng.uniform(0.2, 0.8, size=(size, size, 3))
                 for f in range(frames):
                     img = np.clip(base + rng.normal(0, 0.05, base.shape), 0, 1)
                     if label:
-                        shift = 0.25 if method == "alpha" else -0.25
+                        shift = 0.25 if forgery == "alpha" else -0.25
                         img[8:24, 8:24] = np.clip(img[8:24, 8:24] + shift, 0, 1)
                     Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"{f:02d}.png")
     card = {
@@ -36,7 +36,7 @@ def write_folder_card(root: Path, videos: dict[str, int], frames: int = 3, size:
         "format": "folder",
         "root": str(root),
         "splits": {s: s for s in videos},
-        "methods": list(METHODS),
+        "forgeries": list(FORGERIES),
     }
     if "val" in videos:
         card["validation"] = "val"

@@ -15,7 +15,7 @@ from bench.data.loader import FrameDataset
 from bench.errors import ConfigError
 from bench.grid import resolve_config
 from bench.train import train
-from tests.conftest import METHODS, tiny_config
+from tests.conftest import FORGERIES, tiny_config
 
 DRAWS = 2000
 
@@ -77,7 +77,7 @@ def test_a_draw_depends_on_its_seed_alone(preset: str) -> None:
 
 def test_none_is_the_identity_in_the_loader(tiny_cards: tuple[str, str]) -> None:
     frames = split_frames(load_card(tiny_cards[0]), "train", "unused", 1)
-    data = FrameDataset(frames, 32, (0.5,) * 3, (0.5,) * 3, METHODS, augment=Augment("none"))
+    data = FrameDataset(frames, 32, (0.5,) * 3, (0.5,) * 3, FORGERIES, augment=Augment("none"))
     assert all(bool((data[(0, s)]["image"] == data[0]["image"]).all()) for s in range(5))
 
 

@@ -76,21 +76,21 @@ def test_planted_zero_byte_missing_and_corrupt_frames(tmp_path: Path, capsys) ->
     assert f"missing frames: 1, e.g. {missing}" in out and f"zero-byte frames: 1, e.g. {zero}" in out
 
 
-def test_leakage_one_class_and_missing_methods_are_problems(tmp_path: Path) -> None:
+def test_leakage_one_class_and_missing_forgeries_are_problems(tmp_path: Path) -> None:
     path = index_card(tmp_path, {"train": "train", "val": "val", "test": "val"})
     card = load_card(path)
     card.labels = {"real": 0, "alpha": 1}
-    card.methods = ["alpha", "gamma"]
+    card.forgeries = ["alpha", "gamma"]
     problems = check_card(card, tmp_path, frames_per_video=8).problems
     assert "splits val and test share 2 videos, e.g. alpha/val-alpha-0, real/val-real-0" in problems
-    assert "split train: no frames of methods gamma (balanced sampling needs them)" in problems
+    assert "split train: no frames of forgeries gamma (balanced sampling needs them)" in problems
     card.labels = {"real": 0}
     problems = check_card(card, tmp_path, frames_per_video=8).problems
     assert "split test: only one class, so AUC is undefined" in problems
 
 
-def test_unknown_fake_method_in_a_folder_card(tmp_path: Path) -> None:
+def test_unknown_forgery_in_a_folder_card(tmp_path: Path) -> None:
     card = load_card(str(write_folder_card(tmp_path / "f", {"train": 1, "val": 1}, frames=2)))
-    card.methods = ["alpha"]
+    card.forgeries = ["alpha"]
     problems = check_card(card, tmp_path, frames_per_video=8).problems
-    assert problems == ["split train: methods beta are not among the card's methods"]
+    assert problems == ["split train: forgeries beta are not among the card's forgeries"]

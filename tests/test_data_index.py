@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -71,9 +72,9 @@ def ff_card(tmp_path: Path) -> str:
 
 def test_ff_index_with_compression_levels(ff_card: str, tmp_path: Path) -> None:
     card = load_card(ff_card)
-    assert card.methods == ["FF-DF"]
+    assert card.forgeries == ["FF-DF"]
     train = split_frames(card, "train", tmp_path, frames_per_video=8)
-    assert Counter((f.label, f.method) for f in train) == {(0, REAL): 16, (1, "FF-DF"): 16}
+    assert Counter((f.label, f.forgery) for f in train) == {(0, REAL): 16, (1, "FF-DF"): 16}
     assert {f.video for f in train} == {"FF-real/000", "FF-real/001", "FF-DF/000_100", "FF-DF/001_101"}
     video = sorted(f.path for f in train if f.video == "FF-real/000")
     picked = sorted(int(Path(p).stem) for p in video)
@@ -113,7 +114,7 @@ def test_celebdf_index_without_compression(tmp_path: Path) -> None:
         "CelebDFv2_fake/id0_id1_0000": 4,
         "CelebDFv2_fake/id0_id2_0000": 3,
     }
-    assert {(f.label, f.method) for f in frames} == {(0, REAL), (1, "CelebDFv2_fake")}
+    assert {(f.label, f.forgery) for f in frames} == {(0, REAL), (1, "CelebDFv2_fake")}
     assert all(Path(f.path).is_file() for f in frames)
 
 
@@ -129,6 +130,21 @@ def test_index_errors_name_the_problem(ff_card: str, tmp_path: Path) -> None:
         load_card(_write_card(tmp_path, "bad", index="x.json", labels=["WDF_Real"], splits={"test": "test"}))
     with pytest.raises(ConfigError, match="needs 'index' and 'labels'"):
         load_card(_write_card(tmp_path, "bad", splits={"test": "test"}))
+
+
+def test_the_old_key_methods_is_read_as_forgeries_with_a_deprecation_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    card = {"format": "folder", "splits": {"test": "test"}, "methods": ["alpha", "beta"]}
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(card))
+    with caplog.at_level(logging.WARNING, logger="bench.data.cards"):
+        assert load_card(str(old)).forgeries == ["alpha", "beta"]
+    assert [r.getMessage() for r in caplog.records] == [f"{old}: key 'methods' is deprecated; rename it to 'forgeries'"]
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump({**card, "forgeries": ["alpha"]}))
+    with pytest.raises(ConfigError, match="keys 'methods' and 'forgeries' are the same; keep 'forgeries'"):
+        load_card(str(both))
 
 
 def test_missing_frames_fail_at_start_with_count_and_examples(ff_card: str, tmp_path: Path) -> None:
@@ -158,4 +174,4 @@ def test_every_card_parses_with_valid_splits(path: Path) -> None:
     assert card.validation is None or card.validation in card.splits
     if card.format == "deepfakebench":
         labels = card.label_map()
-        assert set(labels.values()) == {0, 1} and set(card.methods) <= {k for k, v in labels.items() if v}
+        assert set(labels.values()) == {0, 1} and set(card.forgeries) <= {k for k, v in labels.items() if v}

@@ -11,7 +11,7 @@ from bench.data.cards import load_card
 from bench.data.catalog import split_frames
 from bench.data.loader import BadDataError, FrameDataset, StepSampler, eval_loader, group_indices, train_loader
 from bench.data.speed import loader_speed
-from tests.conftest import METHODS, write_folder_card
+from tests.conftest import FORGERIES, write_folder_card
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,8 @@ def test_too_many_bad_frames_fail_with_a_clear_message(frames: list, tmp_path: P
 
 def test_training_batches_drop_bad_frames_and_an_all_bad_batch_fails(frames: list, tmp_path: Path) -> None:
     copies = _copy(frames, tmp_path)
-    dataset = FrameDataset(copies, 16, (0.5,) * 3, (0.5,) * 3, METHODS)
-    sampler = StepSampler(group_indices(copies, METHODS, True), 12, seed=0, start=0, stop=5)
+    dataset = FrameDataset(copies, 16, (0.5,) * 3, (0.5,) * 3, FORGERIES)
+    sampler = StepSampler(group_indices(copies, FORGERIES, True), 12, seed=0, start=0, stop=5)
     bad = _corrupt(copies, 1)
     batches = list(train_loader(dataset, sampler, 0, 0, max_bad_fraction=0.5))
     expected = [[i for i, _ in sampler.batch(s) if i not in bad] for s in range(5)]

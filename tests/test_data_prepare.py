@@ -98,7 +98,7 @@ def test_prepare_writes_face_crops_an_index_a_card_and_reports_no_face(prepared)
         "frames": [f"train/fake/tint/f1/{i:05d}.png" for i in (0, 5, 9, 14, 18, 23)],
     }
     folder_card = load_card(str(report.card))
-    assert folder_card.validation == "val" and folder_card.methods == ["tint"]
+    assert folder_card.validation == "val" and folder_card.forgeries == ["tint"]
     indexed = {"name": "crops-index", "format": "deepfakebench", "root": str(out), "index": str(report.index)}
     indexed |= {"labels": {"real": 0, "tint": 1}, "splits": folder_card.splits}
     (out.parent / "indexed.yaml").write_text(yaml.safe_dump(indexed))
@@ -106,8 +106,8 @@ def test_prepare_writes_face_crops_an_index_a_card_and_reports_no_face(prepared)
     for split in ("train", "val", "test"):
         by_folder = split_frames(folder_card, split, "unused", 4)
         by_index = split_frames(index_card, split, "unused", 4)
-        assert sorted((f.path, f.label, f.method) for f in by_folder) == sorted(
-            (f.path, f.label, f.method) for f in by_index
+        assert sorted((f.path, f.label, f.forgery) for f in by_folder) == sorted(
+            (f.path, f.label, f.forgery) for f in by_index
         )
 
 

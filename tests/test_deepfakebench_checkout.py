@@ -84,7 +84,7 @@ def test_the_environment_names_the_checkout_and_a_wrong_one_is_one_line(tmp_path
     monkeypatch.setenv("DEEPFAKEBENCH", str(checkout))
     frames = split_frames(open_card("ff-c23"), "train", "unused", 2)
     assert len(frames) == 5 * 3 * 2 and all(Path(f.path).is_file() for f in frames)
-    assert {f.method for f in frames} == {"real", *FF_METHODS}
+    assert {f.forgery for f in frames} == {"real", *FF_METHODS}
     monkeypatch.setenv("DEEPFAKEBENCH", str(tmp_path))
     with pytest.raises(ConfigError, match=r"DeepfakeBench checkout .*: no preprocessing/dataset_json/ folder"):
         open_card("ff-c23")

@@ -26,7 +26,7 @@ def _batches(n: int):
         yield {
             "image": torch.randn(8, 3, 32, 32, generator=g),
             "label": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]),
-            "method": torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1]),
+            "forgery": torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1]),
         }
 
 

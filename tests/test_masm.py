@@ -44,21 +44,21 @@ def _slot_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, layer:
     return out
 
 
-def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, methods: list[int], step: int = 0) -> None:
+def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, forgeries: list[int], step: int = 0) -> None:
     """The loop's step with ``optimizer``, unclipped and at a constant rate."""
     g = torch.Generator().manual_seed(step)
-    images = torch.randn(len(methods), 3, 32, 32, generator=g)
-    labels = torch.tensor([int(m >= 0) for m in methods])
+    images = torch.randn(len(forgeries), 3, 32, 32, generator=g)
+    labels = torch.tensor([int(m >= 0) for m in forgeries])
     model.train()
-    batch = {"image": images, "label": labels, "method": torch.tensor(methods)}
+    batch = {"image": images, "label": labels, "forgery": torch.tensor(forgeries)}
     Step(model, optimizer, None, torch.device("cpu"), grad_clip=None)([batch], step)
 
 
-def test_routing_moves_only_the_subspace_of_the_batch_method() -> None:
+def test_routing_moves_only_the_subspace_of_the_batch_forgery() -> None:
     model = _model(mask="none")
     optimizer = _optimizer(model)
     before = [_factors(model, k) for k in range(4)]
-    _step(model, optimizer, [2] * 8)  # fakes of method 2 only
+    _step(model, optimizer, [2] * 8)  # fakes of forgery method 2 only
     for k in range(4):
         same = all(torch.equal(a, b) for a, b in zip(before[k], _factors(model, k), strict=True))
         assert same == (k != 2), f"subspace {k}"
@@ -86,13 +86,13 @@ def test_masked_factors_and_their_moments_do_not_move() -> None:
 def test_constraints_zero_at_init_positive_after_training() -> None:
     model = _model(mask="none")
     model.train()
-    methods = torch.tensor([-1, -1, 0, 1, 2, 3, 0, 1])
-    _, parts = model.training_loss(torch.randn(8, 3, 32, 32), (methods >= 0).long(), methods)
+    forgeries = torch.tensor([-1, -1, 0, 1, 2, 3, 0, 1])
+    _, parts = model.training_loss(torch.randn(8, 3, 32, 32), (forgeries >= 0).long(), forgeries)
     assert parts["orth"] == pytest.approx(0, abs=1e-9) and parts["spec"] == pytest.approx(0, abs=1e-9)
     optimizer = _optimizer(model, decay=0.0, lr=5e-2)
     for step in range(3):
-        _step(model, optimizer, methods.tolist(), step)
-    _, parts = model.training_loss(torch.randn(8, 3, 32, 32), (methods >= 0).long(), methods)
+        _step(model, optimizer, forgeries.tolist(), step)
+    _, parts = model.training_loss(torch.randn(8, 3, 32, 32), (forgeries >= 0).long(), forgeries)
     assert parts["orth"] > 1e-8 and parts["spec"] > 1e-8
 
 

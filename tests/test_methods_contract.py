@@ -23,8 +23,8 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(8, 3, 32, 32, generator=g)
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    methods = torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1])
-    return images, labels, methods
+    forgeries = torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1])
+    return images, labels, forgeries
 
 
 def _apply(name: str, cfg: ModelConfig, seed: int = 0) -> Adapter:
@@ -40,8 +40,8 @@ def _step(model: Adapter) -> None:
     """One step of the loop's :class:`~bench.step.Step` (AdamW, decay 0.05, rate 1e-2, clipping at 1)."""
     step = Step.build(model, OptimConfig(lr=1e-2, weight_decay=0.05, schedule="none"), torch.device("cpu"), 1)
     model.train()
-    images, labels, methods = _batch()
-    values = step([{"image": images, "label": labels, "method": methods}], 0)
+    images, labels, forgeries = _batch()
+    values = step([{"image": images, "label": labels, "forgery": forgeries}], 0)
     assert all(math.isfinite(v) for v in values.values())
 
 
@@ -114,8 +114,8 @@ def test_a_method_that_cannot_adapt_a_backbone_says_so_in_one_line(name: str) ->
 def test_slotted_steps_read_nothing_back_to_the_host(name: str) -> None:
     """A step of a method with slots (mask refreshes included) reads no scalar to the host: nothing a GPU waits on."""
     model = get_method(name).apply(create_backbone(BACKBONES["vit"], seed=0), mask_every=2)
-    images, labels, methods = _batch()
-    batch = {"image": images, "label": labels, "method": methods}
+    images, labels, forgeries = _batch()
+    batch = {"image": images, "label": labels, "forgery": forgeries}
     model.prepare(lambda n: iter([batch] * n), None)
     if not model.slots():
         pytest.skip(f"{name} has no slots: it steps with torch's AdamW (which reads its step counts on a CPU)")

@@ -225,7 +225,7 @@ def test_shipped_cards_keep_the_pools_apart_and_are_large_enough() -> None:
         assert card.generate["sources"] == ("train" if card is training[0] else "test"), card.name
         assert card.generate["videos"]["test"] >= 100, card.name
     assert training[0].generate["videos"]["val"] >= 100
-    families = {c.name: set(c.methods) for c in cards}
+    families = {c.name: set(c.forgeries) for c in cards}
     assert not families["offline-unseen"] & families["offline-ff"]
 
 
@@ -245,7 +245,7 @@ def test_offline_seed_draws_the_cards_again_in_their_own_folder(tmp_path: Path) 
     spec = {"sources": "test", "families": ["blend"], "videos": {"train": 2, "val": 2, "test": 2}, "size": 16}
     card = {"format": "offline", "root": "tiny", "splits": {"train": "train", "val": "val", "test": "test"}}
     path = tmp_path / "tiny.yaml"
-    path.write_text(json.dumps({**card, "validation": "val", "methods": ["blend"], "generate": spec}))
+    path.write_text(json.dumps({**card, "validation": "val", "forgeries": ["blend"], "generate": spec}))
     assert redrawn(load_card(str(path)), None) == load_card(str(path))
     assert redrawn(load_card("ff-c23"), 3) == load_card("ff-c23")  # only offline cards are drawn again
 

@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 from bench import figures, registry
 from bench.adapter import Activity, Artifact
+from bench.data.frames import Frame
 from bench.metrics import binary_metrics, delong_difference, delong_test
 from bench.options import MethodOptions
 from bench.registry import list_methods, register_method, register_variant
@@ -35,6 +36,7 @@ from bench.report import (
     interval_table,
     paired_delong,
     paper_table,
+    read_scores,
     seed_mean_aucs,
     stouffer,
     video_counts,
@@ -42,6 +44,7 @@ from bench.report import (
     video_scores,
     write_report,
 )
+from bench.train import write_scores
 
 SETS = ("offline-ff", "offline-jpeg", "offline-noise")  # offline-ff is the training set: in-domain
 
@@ -226,7 +229,7 @@ def _scores(label: str, seed: int, card: str) -> pd.DataFrame:
         {
             "video": videos,
             "label": y,
-            "method": np.where(y == 1, "fake", "real"),
+            "forgery": np.where(y == 1, "fake", "real"),
             "score": 1 / (1 + np.exp(-logit)),
             "path": [f"{v}/{i % 4}.png" for i, v in enumerate(videos)],
         }
@@ -403,8 +406,18 @@ TINY_SCORES = ((0.1, 0.3, 0.6, 0.2, 0.4, 0.9, 0.7, 0.8), (0.5, 0.2, 0.3, 0.1, 0.
 def _tiny(scores: tuple[float, ...]) -> pd.DataFrame:
     paths = [f"{video}/{i}.png" for i, video in enumerate(TINY_VIDEOS)]
     return pd.DataFrame(
-        {"video": TINY_VIDEOS, "label": [0] * 4 + [1] * 4, "method": "x", "score": scores, "path": paths}
+        {"video": TINY_VIDEOS, "label": [0] * 4 + [1] * 4, "forgery": "x", "score": scores, "path": paths}
     )
+
+
+def test_score_files_are_read_as_written_and_as_earlier_runs_wrote_them(tmp_path: Path) -> None:
+    frames = [Frame("r/0.png", 0, "real", "r"), Frame("f/0.png", 1, "alpha", "f")]
+    write_scores(tmp_path / "new.csv", frames, np.array([0.25, 0.75]))
+    new = read_scores(tmp_path / "new.csv")
+    assert list(new.columns) == ["video", "label", "forgery", "score", "path"]
+    assert new["forgery"].tolist() == ["real", "alpha"] and new["score"].tolist() == [0.25, 0.75]
+    (tmp_path / "old.csv").write_text((tmp_path / "new.csv").read_text().replace("forgery", "method", 1))
+    pd.testing.assert_frame_equal(read_scores(tmp_path / "old.csv"), new)
 
 
 def test_seed_mean_aucs_is_the_mean_over_seeds_of_each_resample_auc() -> None:

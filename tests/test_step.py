@@ -21,8 +21,10 @@ STEPS = 4
 
 def _batches(steps: int) -> list[dict[str, Tensor]]:
     g = torch.Generator().manual_seed(0)
-    labels, methods = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1])
-    return [{"image": torch.randn(8, 3, 32, 32, generator=g), "label": labels, "method": methods} for _ in range(steps)]
+    labels, forgeries = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), torch.tensor([-1, -1, -1, -1, 0, 0, 1, 1])
+    return [
+        {"image": torch.randn(8, 3, 32, 32, generator=g), "label": labels, "forgery": forgeries} for _ in range(steps)
+    ]
 
 
 def _train(name: str, compiled: bool) -> tuple[list[dict[str, float]], dict[str, Tensor]]:
@@ -51,7 +53,7 @@ def test_the_whole_step_compiles_to_one_graph_and_matches_the_eager_step(name: s
 class _ReadsTheHost(Adapter):
     """A method whose loss reads a number to the host, which no graph can hold."""
 
-    def training_loss(self, images: Tensor, labels: Tensor, methods: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, images: Tensor, labels: Tensor, forgeries: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         loss = self(images).logsumexp(-1).mean()
         return loss * (1.0 if loss.item() > 0 else 2.0), {}
 

@@ -15,7 +15,7 @@ from bench.data.synthesis import region, synthesize, synthetic_split
 from bench.errors import ConfigError
 from bench.grid import resolve_config
 from bench.train import load_splits, train
-from tests.conftest import METHODS, tiny_config
+from tests.conftest import FORGERIES, tiny_config
 
 
 def _real(seed: int = 0) -> np.ndarray:
@@ -32,14 +32,14 @@ def test_a_fake_differs_from_its_source_only_inside_its_region(seed: int) -> Non
     assert (changed[mask > 0.9] > 0).mean() > 0.5 and np.array_equal(fake, synthesize(real, seed))
 
 
-def test_training_sees_the_real_frames_twice_and_one_method(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
+def test_training_sees_the_real_frames_twice_and_one_forgery(tiny_cards: tuple[str, str], tmp_path: Path) -> None:
     cfg = tiny_config(tiny_cards, tmp_path, data={"synthesis": "sbi"})
     splits = load_splits(cfg)
     card_train = split_frames(load_card(tiny_cards[0]), "train", "unused", 3)
     reals = [f for f in card_train if f.label == 0]
-    assert splits.methods == ["sbi"] and len(splits.train) == 2 * len(reals)
-    assert [f.path for f in splits.train if f.method == "sbi"] == [f.path for f in reals]
-    assert {f.method for f in splits.val} == {"real", *METHODS}  # validation keeps the card's own fakes
+    assert splits.forgeries == ["sbi"] and len(splits.train) == 2 * len(reals)
+    assert [f.path for f in splits.train if f.forgery == "sbi"] == [f.path for f in reals]
+    assert {f.forgery for f in splits.val} == {"real", *FORGERIES}  # validation keeps the card's own fakes
     with pytest.raises(ConfigError, match="data.synthesis: 'gan' is not one of none, sbi"):
         build_config({"data": {"synthesis": "gan"}})
 
@@ -47,10 +47,10 @@ def test_training_sees_the_real_frames_twice_and_one_method(tiny_cards: tuple[st
 def test_the_loader_makes_the_fake_from_the_items_seed(tiny_cards: tuple[str, str]) -> None:
     frames = synthetic_split(split_frames(load_card(tiny_cards[0]), "train", "unused", 1), "sbi")
     data = FrameDataset(frames, 32, (0.0,) * 3, (1 / 255,) * 3, ["sbi"], synthesis="sbi")
-    source = frames.index(next(f for f in frames if f.method == "sbi"))
+    source = frames.index(next(f for f in frames if f.forgery == "sbi"))
     item = data[(source, 7)]
     expected = synthesize(data.pixels(frames[source]), 7).transpose(2, 0, 1).astype(np.float32)
-    assert item["label"] == 1 and item["method"] == 0 and np.allclose(item["image"].numpy(), expected, atol=1e-3)
+    assert item["label"] == 1 and item["forgery"] == 0 and np.allclose(item["image"].numpy(), expected, atol=1e-3)
     assert not np.allclose(item["image"].numpy(), data[(source - len(frames) // 2, 7)]["image"].numpy())
 
 

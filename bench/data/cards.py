@@ -1,8 +1,9 @@
-"""Data cards: one YAML file per data set in ``datasets/`` saying where it lives, its format, splits and methods."""
+"""Data cards: one YAML file per data set in ``datasets/`` saying where it lives, its format, splits and forgeries."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,10 @@ from bench.schema import build_dataclass, check_name, read_yaml
 
 CARDS_DIR = Path(__file__).resolve().parents[2] / "datasets"
 FORMATS = ("offline", "folder", "deepfakebench")
+RENAMED = {"methods": "forgeries"}
+"""Card keys of earlier releases -> their names now; read with a deprecation message."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,14 +29,14 @@ class Card:
         name: the card's name (its file stem), used as the test-set name in results.
         description: one sentence.
         format: ``offline`` (generated from shipped images), ``folder`` (``real/<video>/`` and
-            ``fake/<method>/<video>/`` under each split's folder) or ``deepfakebench`` (an index file in
+            ``fake/<forgery>/<video>/`` under each split's folder) or ``deepfakebench`` (an index file in
             DeepfakeBench's format, see :mod:`bench.data.deepfakebench`).
         root: the data set's folder, relative to the data root unless absolute; relative frame paths of an index
             hang from it.
         splits: split name (``train``, ``val``, ``test``) -> folder under ``root`` (``folder``, ``offline``) or split
             key in the index (``deepfakebench``).
         validation: the split that selects checkpoints (required to train on the card).
-        methods: the card's forgery methods, in routing order (``deepfakebench``: the fake label keys, by default
+        forgeries: the card's forgery methods, in routing order (``deepfakebench``: the fake label keys, by default
             all of ``labels``).
         generate: generator settings for ``format: offline``.
         index: ``deepfakebench``: the JSON file, relative to the data root unless absolute.
@@ -50,7 +55,7 @@ class Card:
     root: str = ""
     splits: dict[str, Any] = field(default_factory=dict)
     validation: str | None = None
-    methods: list[str] = field(default_factory=list)
+    forgeries: list[str] = field(default_factory=list)
     generate: dict[str, Any] | None = None
     index: str | None = None
     dataset: str | None = None
@@ -77,10 +82,10 @@ class Card:
         if self.compression is not None and self.compression not in COMPRESSIONS:
             raise ConfigError(f"{where}: compression {self.compression!r} is not one of {', '.join(COMPRESSIONS)}")
         fakes = [k for k, v in self.label_map().items() if v == 1]
-        self.methods = self.methods or fakes
-        stray = [m for m in self.methods if m not in fakes]
+        self.forgeries = self.forgeries or fakes
+        stray = [m for m in self.forgeries if m not in fakes]
         if stray:
-            raise ConfigError(f"{where}: methods {', '.join(stray)} are not fake label keys of 'labels'")
+            raise ConfigError(f"{where}: forgeries {', '.join(stray)} are not fake label keys of 'labels'")
 
     def label_map(self) -> dict[str, int]:
         """``deepfakebench``: label key -> 0 real / 1 fake."""
@@ -158,6 +163,12 @@ def load_card(name_or_path: str) -> Card:
     path = card_path(name_or_path)
     data = read_yaml(path)
     data.setdefault("name", path.stem)
+    for old, new in RENAMED.items():
+        if old in data:
+            if new in data:
+                raise ConfigError(f"{path}: keys '{old}' and '{new}' are the same; keep '{new}'")
+            log.warning("%s: key '%s' is deprecated; rename it to '%s'", path, old, new)
+            data[new] = data.pop(old)
     return build_dataclass(Card, data, "card", str(path))
 
 

@@ -25,7 +25,7 @@ def _images(folder: Path) -> list[Path]:
 
 
 def read_folder(split_dir: Path, frames_per_video: int) -> list[Frame]:
-    """Frames of ``split_dir/real/<video>/*`` and ``split_dir/fake/<method>/<video>/*``; video ids are the folders'
+    """Frames of ``split_dir/real/<video>/*`` and ``split_dir/fake/<forgery>/<video>/*``; video ids are the folders'
     paths under ``split_dir``, unique by construction."""
     return _sampled(folder_videos(split_dir), frames_per_video)
 
@@ -33,22 +33,26 @@ def read_folder(split_dir: Path, frames_per_video: int) -> list[Frame]:
 def _sampled(videos: list[tuple[str, int, str, list[Path]]], frames_per_video: int) -> list[Frame]:
     """Evenly spaced frames of each video of :func:`folder_videos`."""
     frames = []
-    for method, label, video_id, images in videos:
-        frames += [Frame(str(images[i]), label, method, video_id) for i in sample_evenly(len(images), frames_per_video)]
+    for forgery, label, video_id, images in videos:
+        frames += [
+            Frame(str(images[i]), label, forgery, video_id) for i in sample_evenly(len(images), frames_per_video)
+        ]
     return frames
 
 
 def folder_videos(split_dir: Path) -> list[tuple[str, int, str, list[Path]]]:
-    """``(method, label, video_id, images)`` of every video folder of a folder-layout split (images sorted)."""
+    """``(forgery, label, video_id, images)`` of every video folder of a folder-layout split (images sorted)."""
     groups: list[tuple[str, int, Path]] = []
     real = split_dir / REAL
     if real.is_dir():
         groups += [(REAL, 0, v) for v in sorted(real.iterdir()) if v.is_dir()]
     fake = split_dir / "fake"
     if fake.is_dir():
-        for method in sorted(m for m in fake.iterdir() if m.is_dir()):
-            groups += [(method.name, 1, v) for v in sorted(method.iterdir()) if v.is_dir()]
-    return [(method, label, video.relative_to(split_dir).as_posix(), _images(video)) for method, label, video in groups]
+        for forgery in sorted(m for m in fake.iterdir() if m.is_dir()):
+            groups += [(forgery.name, 1, v) for v in sorted(forgery.iterdir()) if v.is_dir()]
+    return [
+        (forgery, label, video.relative_to(split_dir).as_posix(), _images(video)) for forgery, label, video in groups
+    ]
 
 
 def redrawn(card: Card, seed: int | None) -> Card:

@@ -34,7 +34,7 @@ def frame_problem(path: str) -> tuple[str, str] | None:
 
 @dataclass
 class SplitCheck:
-    """One split: frame counts per ``(label, method)``, videos, and the bad frames by kind."""
+    """One split: frame counts per ``(label, forgery)``, videos, and the bad frames by kind."""
 
     name: str
     counts: Counter[tuple[int, str]] = field(default_factory=Counter)
@@ -69,8 +69,8 @@ class CardCheck:
                 f"  {split.name}: {split.frames} frames, {len(split.videos)} videos, "
                 f"{split.fake_share():.0%} fake (class balance)"
             )
-            for (label, method), n in sorted(split.counts.items()):
-                lines.append(f"    {'fake' if label else 'real'} {method}: {n}")
+            for (label, forgery), n in sorted(split.counts.items()):
+                lines.append(f"    {'fake' if label else 'real'} {forgery}: {n}")
             for kind, paths in split.bad.items():
                 lines.append(f"    {kind} frames: {len(paths)}, e.g. {examples(paths)}")
             if split.empty:
@@ -88,7 +88,7 @@ def _check_split(card: Card, split: str, data_root: str | Path, frames_per_video
         return result
     frames: list[Frame] = listing.frames
     result.empty = listing.empty
-    result.counts = Counter((f.label, f.method) for f in frames)
+    result.counts = Counter((f.label, f.forgery) for f in frames)
     result.videos = {f.video for f in frames}
     with ThreadPoolExecutor(max(1, workers)) as pool:  # decoding releases the GIL
         for problem in pool.map(frame_problem, [f.path for f in frames]):
@@ -108,12 +108,14 @@ def _problems(card: Card, splits: list[SplitCheck]) -> list[str]:
         if len({label for label, _ in split.counts}) < 2:
             problems.append(f"split {split.name}: only one class, so AUC is undefined")
         if split.name == "train":
-            absent = [m for m in card.methods if (1, m) not in split.counts]
+            absent = [m for m in card.forgeries if (1, m) not in split.counts]
             if absent:
-                problems.append(f"split train: no frames of methods {', '.join(absent)} (balanced sampling needs them)")
-            stray = sorted({m for label, m in split.counts if label == 1 and m not in card.methods})
+                problems.append(
+                    f"split train: no frames of forgeries {', '.join(absent)} (balanced sampling needs them)"
+                )
+            stray = sorted({m for label, m in split.counts if label == 1 and m not in card.forgeries})
             if stray:
-                problems.append(f"split train: methods {', '.join(stray)} are not among the card's methods")
+                problems.append(f"split train: forgeries {', '.join(stray)} are not among the card's forgeries")
     seen: dict[str, str] = {}
     for split in (s for s in splits if not s.error):
         shared = sorted(v for v in split.videos if v in seen)
@@ -129,8 +131,8 @@ def check_card(card: Card, data_root: str | Path, frames_per_video: int, workers
     """Count and verify every split of ``card`` (each frame a run would load is opened and decoded).
 
     Problems: a split that cannot be listed or is empty, missing / zero-byte / unreadable frames, a split with one
-    class only, a training split lacking a method of the card or holding one it does not list, and videos in more
-    than one split; for a generated card, files that differ in number or content from what its generation wrote.
+    class only, a training split lacking a forgery method of the card or holding one it does not list, and videos in
+    more than one split; for a generated card, files that differ in number or content from what its generation wrote.
     """
     splits = [_check_split(card, name, data_root, frames_per_video, workers) for name in card.splits]
     problems = _problems(card, splits)

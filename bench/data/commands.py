@@ -77,7 +77,7 @@ def add_checkout_option(parser: argparse.ArgumentParser) -> None:
 def add_data_commands(data_sub: argparse._SubParsersAction) -> None:
     """Add ``check``, ``prepare`` and ``bench`` to the ``bench data`` subparsers (each sets its ``handler``)."""
     defaults = DataConfig()
-    check = data_sub.add_parser("check", help="counts per split, label and method; missing or unreadable frames")
+    check = data_sub.add_parser("check", help="counts per split, label and forgery; missing or unreadable frames")
     check.add_argument("card")
     check.add_argument("--root", default=defaults.root, help="data root")
     check.add_argument("--frames-per-video", type=int, default=defaults.frames_per_video, help="frames a run takes")
@@ -86,7 +86,7 @@ def add_data_commands(data_sub: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=cmd_check)
 
     prep = data_sub.add_parser("prepare", help="raw videos to face crops in the folder layout plus an index")
-    prep.add_argument("source", help="folder with real/ and fake/<method>/ (or split folders holding them)")
+    prep.add_argument("source", help="folder with real/ and fake/<forgery>/ (or split folders holding them)")
     prep.add_argument("out", help="output folder (rerunning skips finished videos)")
     prep.add_argument("--frames", type=int, default=32, help="evenly spaced frames per video")
     prep.add_argument("--size", type=int, default=256, help="crop side in pixels")

@@ -170,9 +170,9 @@ def read_index(
     frames: list[Frame] = []
     for key, label, video, listed in videos:
         paths = sorted((relocate(p, prefix_map, rgb) for p in listed), key=_frame_order)
-        method = REAL if label == 0 else key
+        forgery = REAL if label == 0 else key
         frames += [
-            Frame(str(base / paths[i]), label, method, video) for i in sample_evenly(len(paths), frames_per_video)
+            Frame(str(base / paths[i]), label, forgery, video) for i in sample_evenly(len(paths), frames_per_video)
         ]
     return frames
 

@@ -14,13 +14,13 @@ class Frame:
     Attributes:
         path: image file.
         label: 0 real, 1 fake.
-        method: forgery method of a fake (``"real"`` for reals).
+        forgery: forgery method of a fake (``"real"`` for reals).
         video: id of the video the frame belongs to (unique within a card).
     """
 
     path: str
     label: int
-    method: str
+    forgery: str
     video: str
 
 

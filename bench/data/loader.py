@@ -56,7 +56,7 @@ class FrameDataset(Dataset):
         input_size: square side the frames are resized to.
         mean: normalisation mean per channel.
         std: normalisation std per channel.
-        methods: forgery methods in routing order (their index is each item's ``method``).
+        forgeries: forgery methods in routing order (their index is each item's ``forgery``).
         perturbation: ``(kind, level)`` of :func:`bench.data.perturb.perturb`, applied to the frame as stored, before
             resizing and normalisation.
         augment: the training augmentation, applied after resizing to the items whose key carries a seed.
@@ -70,7 +70,7 @@ class FrameDataset(Dataset):
         input_size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        methods: Sequence[str] = (),
+        forgeries: Sequence[str] = (),
         perturbation: tuple[str, int] | None = None,
         augment: Augment | None = None,
         synthesis: str = "none",
@@ -79,7 +79,7 @@ class FrameDataset(Dataset):
         self.size = input_size
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
-        self.method_index = {m: i for i, m in enumerate(methods)}
+        self.forgery_index = {m: i for i, m in enumerate(forgeries)}
         self.perturbation = perturbation
         self.augment = augment
         self.synthesis = synthesis
@@ -98,11 +98,11 @@ class FrameDataset(Dataset):
             return np.asarray(img)
 
     def load(self, index: int, aug_seed: int = -1) -> torch.Tensor:
-        """Frame ``index`` as a normalised C x H x W tensor (synthesized first, when its method is the synthesis),
+        """Frame ``index`` as a normalised C x H x W tensor (synthesized first, when its forgery is the synthesis),
         augmented with the draws of ``aug_seed`` when it is >= 0."""
         frame = self.frames[index]
         pixels = self.pixels(frame)
-        if self.synthesis != "none" and frame.method == self.synthesis:
+        if self.synthesis != "none" and frame.forgery == self.synthesis:
             pixels = synthesize(pixels, aug_seed if aug_seed >= 0 else index)
         if self.augment and aug_seed >= 0:
             pixels = self.augment(pixels, aug_seed)
@@ -117,31 +117,31 @@ class FrameDataset(Dataset):
             image = self.load(index, aug_seed)
         except UNREADABLE as err:
             return {"bad": index, "error": f"{type(err).__name__}: {err}"}
-        method = -1 if frame.method == REAL else self.method_index.get(frame.method, -1)
-        return {"image": image, "label": frame.label, "method": method, "index": index}
+        forgery = -1 if frame.forgery == REAL else self.forgery_index.get(frame.forgery, -1)
+        return {"image": image, "label": frame.label, "forgery": forgery, "index": index}
 
 
-def group_indices(frames: Sequence[Frame], methods: Sequence[str], balanced: bool) -> list[np.ndarray]:
-    """Index groups a batch draws from: reals then each method's fakes (balanced), or everything (not)."""
+def group_indices(frames: Sequence[Frame], forgeries: Sequence[str], balanced: bool) -> list[np.ndarray]:
+    """Index groups a batch draws from: reals then each forgery method's fakes (balanced), or everything (not)."""
     if not balanced:
         return [np.arange(len(frames))]
-    groups = [np.array([i for i, f in enumerate(frames) if f.method == REAL])]
-    groups += [np.array([i for i, f in enumerate(frames) if f.method == m]) for m in methods]
-    empty = [name for name, g in zip([REAL, *methods], groups, strict=True) if len(g) == 0]
+    groups = [np.array([i for i, f in enumerate(frames) if f.forgery == REAL])]
+    groups += [np.array([i for i, f in enumerate(frames) if f.forgery == m]) for m in forgeries]
+    empty = [name for name, g in zip([REAL, *forgeries], groups, strict=True) if len(g) == 0]
     if empty:
         raise DataError(f"balanced sampling needs frames of every group; none of: {', '.join(empty)}")
     return groups
 
 
 def group_shares(batch_size: int, n_groups: int) -> list[int]:
-    """Half the batch real, the other half split evenly over the methods (a remainder goes to the reals)."""
+    """Half the batch real, the other half split evenly over the forgery methods (a remainder goes to the reals)."""
     if n_groups == 1:
         return [batch_size]
     fakes = batch_size - batch_size // 2
-    per_method = fakes // (n_groups - 1)
-    if per_method == 0:
+    per_forgery = fakes // (n_groups - 1)
+    if per_forgery == 0:
         raise ConfigError(f"batch size {batch_size} is too small for reals plus {n_groups - 1} forgery methods")
-    return [batch_size - per_method * (n_groups - 1)] + [per_method] * (n_groups - 1)
+    return [batch_size - per_forgery * (n_groups - 1)] + [per_forgery] * (n_groups - 1)
 
 
 class StepSampler(Sampler[list[Key]]):

@@ -1,13 +1,13 @@
 """``bench data prepare``: raw videos to square face crops in the folder layout, plus a DeepfakeBench-format index.
 
-Input: ``SOURCE/real/*.mp4`` and ``SOURCE/fake/<method>/*.mp4`` (one split), or the same under split folders
+Input: ``SOURCE/real/*.mp4`` and ``SOURCE/fake/<forgery>/*.mp4`` (one split), or the same under split folders
 (``SOURCE/train/real/...``). Each video is decoded with PyAV; ``frames`` evenly spaced frames are kept; a face detector
 whose weights ship in a package finds the face (facenet-pytorch's MTCNN when installed, else scikit-image's LBP
 frontal-face cascade); a square of ``scale`` times the face box's longer side around its centre is resized to
-``size`` px and written as PNG to ``OUT/<split>/real/<video>/`` or ``OUT/<split>/fake/<method>/<video>/``. A frame
+``size`` px and written as PNG to ``OUT/<split>/real/<video>/`` or ``OUT/<split>/fake/<forgery>/<video>/``. A frame
 without a detection takes the nearest frame's box; a video without any is listed in ``OUT/no-face.txt`` and reported.
 A video is written to a temporary folder and renamed when complete, so a rerun skips finished videos (and those in
-``no-face.txt``). At the end ``OUT/index.json`` (label keys ``real`` and the method names, frame paths relative to
+``no-face.txt``). At the end ``OUT/index.json`` (label keys ``real`` and the forgery names, frame paths relative to
 ``OUT``) and a folder card ``OUT/card.yaml`` describe everything prepared so far.
 """
 
@@ -49,11 +49,11 @@ class Video:
 
     source: Path
     split: str
-    method: str
+    forgery: str
 
     @property
     def folder(self) -> str:
-        kind = REAL if self.method == REAL else f"fake/{self.method}"
+        kind = REAL if self.forgery == REAL else f"fake/{self.forgery}"
         return f"{self.split}/{kind}/{self.source.stem}"
 
 
@@ -84,12 +84,12 @@ def find_videos(source: Path, split: str) -> list[Video]:
     roots = [(split, source)] if _has_layout(source) else [(d.name, d) for d in sorted(source.iterdir())]
     roots = [(name, folder) for name, folder in roots if _has_layout(folder)]
     if not roots:
-        raise ConfigError(f"prepare: {source} holds neither real/ and fake/<method>/ nor split folders with them")
+        raise ConfigError(f"prepare: {source} holds neither real/ and fake/<forgery>/ nor split folders with them")
     videos = []
     for name, folder in roots:
         videos += [Video(p, name, REAL) for p in _video_files(folder / REAL)]
-        methods = sorted(m for m in (folder / "fake").glob("*") if m.is_dir())
-        videos += [Video(p, name, m.name) for m in methods for p in _video_files(m)]
+        forgeries = sorted(m for m in (folder / "fake").glob("*") if m.is_dir())
+        videos += [Video(p, name, m.name) for m in forgeries for p in _video_files(m)]
     return videos
 
 
@@ -229,7 +229,7 @@ def write_index(out: Path) -> Path:
     groups: dict[str, dict[str, dict[str, dict]]] = {}
     for split_dir in sorted(d for d in out.iterdir() if _has_layout(d)):
         for frame in read_folder(split_dir, sys.maxsize):
-            key = frame.method
+            key = frame.forgery
             record = groups.setdefault(key, {}).setdefault(split_dir.name, {})
             video = record.setdefault(Path(frame.video).name, {"label": key, "frames": []})
             video["frames"].append(Path(frame.path).relative_to(out).as_posix())
@@ -243,14 +243,14 @@ def write_index(out: Path) -> Path:
 def write_card(out: Path) -> Path:
     """``out/card.yaml``: a folder card of everything prepared under ``out``."""
     splits = sorted(d.name for d in out.iterdir() if _has_layout(d))
-    methods = sorted({m.name for s in splits for m in (out / s / "fake").glob("*") if m.is_dir()})
+    forgeries = sorted({m.name for s in splits for m in (out / s / "fake").glob("*") if m.is_dir()})
     card = {
         "name": out.name,
         "description": "Face crops made by `bench data prepare`.",
         "format": "folder",
         "root": str(out.resolve()),
         "splits": {s: s for s in splits},
-        "methods": methods,
+        "forgeries": forgeries,
     }
     if "val" in splits:
         card["validation"] = "val"
