@@ -150,6 +150,12 @@ class Step:
         self.trainable = [p for _, p in self.model.trainable_parameters()]
         self.base_rate = float(self.optimizer.param_groups[0]["lr"])
         self._update: Callable[[Sequence[Batch], int], dict[str, Tensor]] = self.update
+        hooked = [name for name, p in self.model.trainable_parameters() if p._backward_hooks]
+        if self.compiled and hooked:  # measured: PEFT's OSF projects its gradients so, and trains otherwise compiled
+            raise TrainingError(
+                f"train.compile=step: {hooked[0]} has a gradient hook, which a captured step does not run as the eager "
+                "step does; use train.compile=blocks"
+            )
         if self.compiled:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._update = torch.compile(self.update, fullgraph=True, mode=mode)
