@@ -150,17 +150,39 @@ class Step:
         self.trainable = [p for _, p in self.model.trainable_parameters()]
         self.base_rate = float(self.optimizer.param_groups[0]["lr"])
         self._update: Callable[[Sequence[Batch], int], dict[str, Tensor]] = self.update
+        if self.compiled:
+            self._update = self._captured()
+
+    def _captured(self) -> Callable[[Sequence[Batch], int], dict[str, Tensor]]:
+        """:meth:`update` as one graph, whose capture failures are one-line :class:`TrainingError` s.
+
+        Refused for parameters with gradient hooks (measured: PEFT's OSF projects its gradients so, and trains
+        otherwise compiled). The optimizer's rates become device tensors: a float would be a constant of the graph.
+        """
         hooked = [name for name, p in self.model.trainable_parameters() if p._backward_hooks]
-        if self.compiled and hooked:  # measured: PEFT's OSF projects its gradients so, and trains otherwise compiled
+        if hooked:
             raise TrainingError(
                 f"train.compile=step: {hooked[0]} has a gradient hook, which a captured step does not run as the eager "
                 "step does; use train.compile=blocks"
             )
-        if self.compiled:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._update = torch.compile(self.update, fullgraph=True, mode=mode)
-            for group in self.optimizer.param_groups:  # a float rate would be a constant of the graph
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        graph = torch.compile(
+            self.update, fullgraph=True, mode="reduce-overhead" if self.device.type == "cuda" else None
+        )
+
+        def captured(batches: Sequence[Batch], step: int) -> dict[str, Tensor]:
+            try:
+                with torch._dynamo.config.patch(COMPILE_STEP):
+                    return graph(batches, step)
+            except torch._dynamo.exc.TorchDynamoException as err:  # a graph break, a guard on data, a backend failure
+                reason = str(err).strip().splitlines()[0]
+                raise TrainingError(
+                    f"train.compile=step: this method's step cannot be captured as one graph ({reason}); "
+                    "use train.compile=blocks"
+                ) from err
+
+        return captured
 
     @classmethod
     def build(
@@ -207,15 +229,7 @@ class Step:
             else:
                 group["lr"] = lr
         on_device = [{k: b[k].to(self.device, non_blocking=True) for k in BATCH_KEYS} for b in batches]
-        try:
-            with torch._dynamo.config.patch(COMPILE_STEP):
-                means = self._update(on_device, step)
-        except torch._dynamo.exc.TorchDynamoException as err:  # a graph break, a guard on data, a backend failure
-            reason = str(err).strip().splitlines()[0]
-            raise TrainingError(
-                f"train.compile=step: this method's step cannot be captured as one graph ({reason}); "
-                "use train.compile=blocks"
-            ) from err
+        means = self._update(on_device, step)
         self.model.after_optimizer_step(step)
         values = read_losses(means)
         if not math.isfinite(values["loss"]):
