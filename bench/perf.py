@@ -85,6 +85,8 @@ PROFILE_COLUMNS = (
 )
 """With ``--profile``: per profiled step, aten operators, autograd nodes run (AccumulateGrad among them), scalar
 reads to the host, the trainable tensors, CUDA kernel launches, host syncs, the GPU's busy share."""
+SKIPS = "cudagraph_skips"
+"""With ``--compile step`` on CUDA: graphs of the step that torch did not replay as CUDA graphs."""
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 AUTOGRAD_PREFIX = "autograd::engine::evaluate_function: "
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
@@ -100,6 +102,8 @@ NOTES = (
     " full-ft's",
     "setup_cold_s: first apply() in the process, SVD cache empty; setup_cached_s: apply() again, SVDs from the cache",
     "first_step_s: the process's first training step (with --compile: compiling the backbone's training graphs)",
+    "cudagraph_skips: with --compile step on CUDA, graphs of the step that torch did not replay as CUDA graphs (the"
+    " worker's log says why); 0: the step ran as CUDA graphs",
     "dense=true materialises W_eff and calls F.linear; it needs routing=none, so its comparison is the"
     " masm:routing=none row with the same targets (low-rank path), not the routed masm row",
     "step_gflop: FLOPs of one forward and backward as run (torch FlopCounterMode); mfu: achieved / --peak-tflops",
@@ -245,6 +249,7 @@ def eval_batch(model: Adapter, images: torch.Tensor, device: torch.device) -> to
 def measure_method(s: Settings, row: str) -> dict[str, Any]:
     """Set-up times, training step times, peak memory, FLOPs and evaluation throughput of one row."""
     import torch
+    from torch._dynamo.utils import counters
     from torch.utils.flop_counter import FlopCounterMode
 
     from bench.adapter import Adapter
@@ -292,6 +297,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         model = _prepare(model, memory_format, s.compile)
         batch = {**batch, "image": batch["image"].contiguous(memory_format=memory_format)}
         steps = iter(range(s.worker_steps))
+        skipped = counters["inductor"]["cudagraph_skips"]
 
         def step() -> object:
             return train([batch], next(steps))  # raises TrainingError on a non-finite loss
@@ -301,6 +307,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         sync()
         first_step = time.perf_counter() - start
         [step_times] = _times([step], s.warmup - 1, s.steps, sync)
+        skips = {SKIPS: counters["inductor"]["cudagraph_skips"] - skipped} if cuda and compiled else {}
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mb()
         profiled: dict[str, float | None] = {}
         if s.profile_dir is not None:
@@ -323,6 +330,7 @@ def measure_method(s: Settings, row: str) -> dict[str, Any]:
         "setup_cold_s": setup_cold,
         "setup_cached_s": setup_cached,
         "first_step_s": first_step,
+        **skips,
         "step_flop": counter.get_total_flops(),
         **profiled,
     }
@@ -558,6 +566,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], loader: list[float], s: Set
                 "loader_vs_train": loader_img_s * step_s / s.batch_size if loader_img_s else None,
                 "repeats": len(results),
                 **{c: _median_or_none([r.get(c) for r in results]) for c in PROFILE_COLUMNS if c in results[0]},
+                **({SKIPS: max(r[SKIPS] for r in results)} if SKIPS in results[0] else {}),
             }
         )
     ref = next((r for r in out if r["method"] == BASELINE), None)  # None: its worker failed, no ratios
@@ -577,8 +586,9 @@ def _median_or_none(values: list[float | None]) -> float | None:
 
 
 def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """:data:`COLUMNS`, and :data:`PROFILE_COLUMNS` when the rows were profiled."""
-    return COLUMNS + tuple(c for c in PROFILE_COLUMNS if any(c in r for r in rows))
+    """:data:`COLUMNS`, :data:`PROFILE_COLUMNS` when the rows were profiled and :data:`SKIPS` when they ran CUDA
+    graphs."""
+    return COLUMNS + tuple(c for c in (*PROFILE_COLUMNS, SKIPS) if any(c in r for r in rows))
 
 
 def _format(key: str, value: Any) -> str:

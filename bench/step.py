@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +112,12 @@ def backward(loss_fn: LossFn | nn.Module, batch: Batch, amp: bool = True, parts:
     return {"loss": loss.detach(), **{k: v.detach() for k, v in named.items()}}
 
 
+def _plain_rates(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """A checkpoint's rates as floats, whatever the step that saved it held them in (a compiled step: tensors)."""
+    for group in state["param_groups"]:
+        group["lr"] = float(group["lr"])
+
+
 COMPILE_STEP = {"trace_autograd_ops": True}
 """Dynamo settings of a compiled step: trace ``Tensor.backward()`` into the graph instead of refusing it."""
 
@@ -149,6 +156,7 @@ class Step:
     def __post_init__(self) -> None:
         self.trainable = [p for _, p in self.model.trainable_parameters()]
         self.base_rate = float(self.optimizer.param_groups[0]["lr"])
+        self._rates: list[Tensor] = []  # a compiled step's rates, on the device
         self._update: Callable[[Sequence[Batch], int], dict[str, Tensor]] = self.update
         if self.compiled:
             self._update = self._captured()
@@ -165,8 +173,10 @@ class Step:
                 f"train.compile=step: {hooked[0]} has a gradient hook, which a captured step does not run as the eager "
                 "step does; use train.compile=blocks"
             )
-        for group in self.optimizer.param_groups:
-            group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        self._rates = [torch.tensor(float(group["lr"]), device=self.device) for group in self.optimizer.param_groups]
+        self._in_place()
+        self.optimizer.register_load_state_dict_post_hook(lambda _: self._in_place())
+        self.optimizer.register_state_dict_post_hook(_plain_rates)
         graph = torch.compile(
             self.update, fullgraph=True, mode="reduce-overhead" if self.device.type == "cuda" else None
         )
@@ -183,6 +193,16 @@ class Step:
                 ) from err
 
         return captured
+
+    def _in_place(self) -> None:
+        """Keep what the graph reads and writes at one address, so that CUDA graphs replay the step in place: the
+        rates are the step's own tensors (a loaded optimizer's would be floats, then graph inputs), and the
+        optimizer's state is static (otherwise CUDA graphs are skipped for "mutated inputs", measured: all of it)."""
+        for group, rate in zip(self.optimizer.param_groups, self._rates, strict=True):
+            group["lr"] = rate
+        for value in [*self._rates, *(v for state in self.optimizer.state.values() for v in state.values())]:
+            if isinstance(value, Tensor):
+                torch._dynamo.mark_static_address(value)
 
     @classmethod
     def build(

@@ -1,4 +1,5 @@
-"""The CUDA path: SVD layers under bf16 autocast, constraints kept in float32, and ``bench perf`` with MFU.
+"""The CUDA path: SVD layers under bf16 autocast, constraints kept in float32, the compiled step as CUDA graphs,
+and ``bench perf`` with MFU.
 
 Skipped without a CUDA device; run them on one with ``nox -s tests -- tests/test_cuda.py``.
 """
@@ -6,15 +7,17 @@ Skipped without a CUDA device; run them on one with ``nox -s tests -- tests/test
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from bench import perf
 from bench.backbone import create_backbone
-from bench.config import ModelConfig
-from bench.step import backward
+from bench.config import ModelConfig, OptimConfig
+from bench.step import Step, backward
 from methods.subspaces.layer import SubspaceLayer
 from tests.test_perf import _run
 
@@ -51,9 +54,30 @@ def test_constraints_stay_float32_under_autocast() -> None:
     method, options = perf._resolve("masm", 1)
     backbone = create_backbone(ModelConfig(name="test_vit", pretrained=False, img_size=32), seed=0)
     model = method.build(backbone, options).to(CUDA).train()
-    parts = backward(model.training_loss, perf.synthetic_batch(8, 32, CUDA), CUDA)  # bf16 autocast, as the loop
+    parts = backward(model.training_loss, perf.synthetic_batch(8, 32, CUDA))  # bf16 autocast, as the loop
     assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
     assert parts["orth"] < 1e-8 and parts["spec"] < 1e-8  # zero at injection; bf16 rounding would leave ~1e-5
+
+
+@pytest.mark.parametrize("name", ["full-ft", "effort", "masm"])
+def test_the_compiled_step_replays_as_cuda_graphs(name: str) -> None:
+    """``train.compile: step`` on CUDA (``reduce-overhead``): torch skips none of the step's graphs."""
+    torch._dynamo.reset()
+    counters.clear()
+    method, options = perf._resolve(name, 4)
+    model = method.build(create_backbone(ModelConfig(name="test_vit", pretrained=False, img_size=32), seed=0), options)
+    step = Step.build(model.to(CUDA).train(), OptimConfig(), CUDA, 4, compiled=True)
+    batch = perf.synthetic_batch(8, 32, CUDA)
+    losses = [step([batch], i)["loss"] for i in range(4)]
+    assert counters["inductor"]["cudagraph_skips"] == 0
+    assert all(math.isfinite(loss) for loss in losses)
+
+
+def test_perf_of_the_compiled_step_on_cuda_counts_no_cuda_graph_skips(tmp_path, tiny_cards, capsys) -> None:
+    argv = ["--backbone", "test_vit", "--img-size", "32", "--methods", "masm", "--device", "cuda", "--steps", "2"]
+    argv += ["--warmup", "4", "--card", tiny_cards[0], "--loader-batches", "2", "--compile", "step"]
+    assert _run([*argv, "--out", str(tmp_path), "--json"]) == 0
+    assert [r[perf.SKIPS] for r in json.loads(capsys.readouterr().out)] == [0, 0]
 
 
 def test_perf_on_cuda_reports_mfu(tmp_path, tiny_cards, capsys) -> None:

@@ -206,3 +206,11 @@ def test_dense_and_low_rank_rows_give_the_same_loss_and_factor_gradients() -> No
     assert low_grads.keys() == dense_grads.keys()
     for name, grad in low_grads.items():
         torch.testing.assert_close(dense_grads[name], grad, rtol=1e-8, atol=1e-10)
+
+
+def test_cuda_graph_skips_are_a_column_where_measured_and_the_worst_process_counts() -> None:
+    runs = {"full-ft": [_fake_result("full-ft"), _fake_result("full-ft")], "masm": [_fake_result("masm")]}
+    assert perf.SKIPS not in perf._columns(perf.summarise(runs, [], perf.Settings()))  # not a compiled step on CUDA
+    runs["full-ft"][0][perf.SKIPS], runs["full-ft"][1][perf.SKIPS], runs["masm"][0][perf.SKIPS] = 0, 2, 0
+    rows = perf.summarise(runs, [], perf.Settings())
+    assert [r[perf.SKIPS] for r in rows] == [2, 0] and perf._columns(rows)[-1] == perf.SKIPS

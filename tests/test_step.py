@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
+from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
 from bench.adapter import Adapter
 from bench.backbone import create_backbone
@@ -29,14 +35,42 @@ def _batches(steps: int) -> list[dict[str, Tensor]]:
     ]
 
 
-def _train(name: str, compiled: bool, dtype: torch.dtype = torch.float32) -> Trained:
-    """``STEPS`` steps of ``name`` on a tiny ViT in ``dtype``: the step's values and the parameters after them."""
+def _step(name: str, compiled: bool, dtype: torch.dtype = torch.float32) -> Step:
+    """The step of ``name`` on a tiny ViT in ``dtype``, over ``STEPS`` steps of :data:`OPTIM`."""
     torch.manual_seed(0)  # the methods that draw their initial factors (LoRA's A, ...) draw the same
     model = get_method(name).apply(create_backbone(ModelConfig(name="test_vit", pretrained=False, img_size=32), 0))
-    step = Step.build(model.to(dtype).train(), OPTIM, CPU, STEPS, compiled=compiled)
+    return Step.build(model.to(dtype).train(), OPTIM, CPU, STEPS, compiled=compiled)
+
+
+def _train(name: str, compiled: bool, dtype: torch.dtype = torch.float32) -> Trained:
+    """``STEPS`` steps of ``name`` on a tiny ViT in ``dtype``: the step's values and the parameters after them."""
+    step = _step(name, compiled, dtype)
     batches = [{**b, "image": b["image"].to(dtype)} for b in _batches(STEPS)]
     values = [step([batch], i) for i, batch in enumerate(batches)]
-    return values, {n: p.detach().clone() for n, p in model.named_parameters()}
+    return values, {n: p.detach().clone() for n, p in step.model.named_parameters()}
+
+
+@pytest.fixture
+def unheld(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
+    """Per graph that inductor compiles meanwhile: the inputs it writes in place without holding them static.
+
+    CUDA graphs replay a graph in place only if it writes nothing else (they skip it for "mutated inputs"); this
+    reads inductor's own bookkeeping of both, which it keeps on the CPU too.
+    """
+    found: list[list[str]] = []
+
+    def inner(gm: torch.fx.GraphModule, example_inputs: list[Tensor], **kwargs: Any) -> Any:
+        compiled = compile_fx_inner(gm, example_inputs, **kwargs)
+        static = set(kwargs.get("static_input_idxs") or ())
+        names = [node.name for node in gm.graph.nodes if node.op == "placeholder"]
+        found.append([names[i] for i in compiled.mutated_input_idxs if i not in static])
+        return compiled
+
+    real = torch.compile
+    backend = partial(compile_fx, inner_compile=inner)
+    monkeypatch.setattr(torch, "compile", lambda fn, fullgraph, mode: real(fn, fullgraph=fullgraph, backend=backend))
+    with torch.compiler.config.patch(force_disable_caches=True):  # a cached graph is not compiled again
+        yield found
 
 
 def _assert_matches(compiled: Trained, eager: Trained, rel: float, atol: float, param_atol: float) -> None:
@@ -56,12 +90,13 @@ rounding, so any change of operation order (float64 included) moves its trajecto
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OWN_TEST)
-def test_the_whole_step_compiles_to_one_graph_and_matches_the_eager_step(name: str) -> None:
+def test_the_whole_step_compiles_to_one_graph_and_matches_the_eager_step(name: str, unheld: list[list[str]]) -> None:
     eager = _train(name, compiled=False)
     torch._dynamo.reset()
     counters.clear()
     compiled = _train(name, compiled=True)  # fullgraph=True: a graph break would raise
     assert counters["stats"]["unique_graphs"] == 1, "the step was traced more than once"
+    assert unheld == [[]], "the step writes inputs that CUDA graphs would copy"
     assert [v["lr"] for v in compiled[0]] == [v["lr"] for v in eager[0]]
     _assert_matches(compiled, eager, rel=1e-4, atol=1e-6, param_atol=1e-4)
 
@@ -79,6 +114,33 @@ def test_every_method_compiles_to_its_eager_step_or_is_refused_in_one_line(name:
         assert "\n" not in str(err)
         return
     _assert_matches(compiled, _train(name, compiled=False, dtype=torch.float64), rel=1e-6, atol=1e-9, param_atol=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OWN_TEST)
+def test_a_compiled_step_resumes_an_eager_runs_checkpoint_in_one_graph_held_in_place(
+    name: str, unheld: list[list[str]]
+) -> None:
+    """The rates of a loaded optimizer are floats; the step keeps its own tensors (a float is an input of the graph,
+    and CUDA graphs skip a graph with one), and saves floats, so a checkpoint is the same under either step."""
+    half, batches = STEPS // 2, _batches(STEPS)
+    eager = _step(name, compiled=False)
+    for i in range(half):
+        eager([batches[i]], i)
+    checkpoint = copy.deepcopy({"model": eager.model.checkpoint_state(), "optimizer": eager.optimizer.state_dict()})
+    rest = [eager([batches[i]], i) for i in range(half, STEPS)]
+    torch._dynamo.reset()
+    counters.clear()
+    resumed = _step(name, compiled=True)
+    resumed.model.load_checkpoint_state(checkpoint["model"])
+    resumed.optimizer.load_state_dict(checkpoint["optimizer"])
+    got = [resumed([batches[i]], i) for i in range(half, STEPS)]
+    assert counters["stats"]["unique_graphs"] == 1 and unheld == [[]]
+    for ours, theirs in zip(got, rest, strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-6)
+    assert [type(g["lr"]) for g in resumed.optimizer.state_dict()["param_groups"]] == [float] * len(
+        eager.optimizer.param_groups
+    )
 
 
 def test_a_gradient_hook_is_refused_by_a_compiled_step() -> None:
