@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -158,6 +159,12 @@ def card_path(name_or_path: str) -> Path:
     raise ConfigError(f"unknown data card '{name_or_path}'; cards in datasets/: {', '.join(known)}")
 
 
+@functools.cache
+def _deprecated(path: Path, old: str, new: str) -> None:
+    """Say once per process that ``path`` names a key by its old name (a grid loads its card once per cell)."""
+    log.warning("%s: key '%s' is deprecated; rename it to '%s'", path, old, new)
+
+
 def load_card(name_or_path: str) -> Card:
     """Read and check a card."""
     path = card_path(name_or_path)
@@ -167,7 +174,7 @@ def load_card(name_or_path: str) -> Card:
         if old in data:
             if new in data:
                 raise ConfigError(f"{path}: keys '{old}' and '{new}' are the same; keep '{new}'")
-            log.warning("%s: key '%s' is deprecated; rename it to '%s'", path, old, new)
+            _deprecated(path, old, new)
             data[new] = data.pop(old)
     return build_dataclass(Card, data, "card", str(path))
 
